@@ -1,0 +1,63 @@
+"""Choosing how many items go into one chunk, from measured costs (``chunksize="auto"``).
+
+Each chunk costs a fixed overhead (a message each way, about 0.1 ms) and its items' run time. Too small a chunk
+and the overhead dominates (a million tiny items); too large and the last chunks leave cores idle (a few slow
+items at the end of the input). So:
+
+- before anything is measured, sizes ramp up 1, 2, 4, 8 ..., so slow items are never over-committed;
+- once chunks come back, the size targets ``TARGET_SECONDS`` of work per chunk from the average item cost
+  reported by the workers (compute time only, so a busy parent does not distort it);
+- when the number of items left is known, no chunk takes more than a ``1 / (2 * workers)`` share of them
+  (guided self-scheduling), so the tail is split finely and imbalance at the end of the input is absorbed;
+- a chunk's pickled size is capped near ``MAX_CHUNK_BYTES`` so that streaming large items keeps memory flat.
+"""
+
+from __future__ import annotations
+
+import math
+
+TARGET_SECONDS = 0.010
+MAX_CHUNK_BYTES = 4 << 20
+MAX_RAMP = 1 << 20
+
+
+class Chunker:
+    """Decides chunk sizes for one job; ``fixed`` is the user's explicit ``chunksize``."""
+
+    __slots__ = ("_bytes_per_item", "_next_ramp", "_seconds_per_item", "fixed", "workers")
+
+    def __init__(self, fixed: int | None, workers: int) -> None:
+        self.fixed = fixed
+        self.workers = max(1, workers)
+        self._seconds_per_item: float | None = None
+        self._bytes_per_item: float | None = None
+        self._next_ramp = 1
+
+    def next_size(self, remaining: int | None) -> int:
+        if self.fixed is not None:
+            return self.fixed
+        if self._seconds_per_item is None:
+            size = self._next_ramp
+            self._next_ramp = min(self._next_ramp * 2, MAX_RAMP)
+        else:
+            size = max(1, int(TARGET_SECONDS / max(self._seconds_per_item, 1e-9)))
+        if self._bytes_per_item:
+            size = min(size, max(1, int(MAX_CHUNK_BYTES / self._bytes_per_item)))
+        if remaining is not None:
+            size = min(size, max(1, math.ceil(remaining / (2 * self.workers))))
+        return max(1, size)
+
+    def observe_time(self, items: int, seconds: float) -> None:
+        if items <= 0:
+            return
+        per_item = seconds / items
+        old = self._seconds_per_item
+        # Weighted toward recent chunks, so a job whose items get slower (or faster) is followed.
+        self._seconds_per_item = per_item if old is None else 0.5 * old + 0.5 * per_item
+
+    def observe_bytes(self, items: int, nbytes: int) -> None:
+        if items <= 0 or self.fixed is not None:
+            return
+        per_item = nbytes / items
+        old = self._bytes_per_item
+        self._bytes_per_item = per_item if old is None else max(old * 0.5 + per_item * 0.5, per_item)

@@ -1,0 +1,166 @@
+"""Starting worker processes and learning how they ended: one launcher per start method.
+
+Every launcher hands a worker the child end of a socket pair and a status page (a memfd), and reports exit
+codes as ``(pid, exitcode)`` pairs, negative for a signal as in ``multiprocessing``.
+
+- ``forkserver`` (the default on Linux): a zygote interpreter (see ``_zygote``) forks each worker.
+- ``fork``: ``os.fork()`` of the user's process. Fastest, shares the parent's memory copy-on-write, but unsafe
+  if the parent runs other threads (Python 3.12+ warns about that), and the supervisor thread is one.
+- ``spawn``: a fresh interpreter per worker. Slowest to start; nothing is inherited.
+
+Workers never re-import the user's ``__main__`` (functions travel by value with cloudpickle), so scripts without
+an ``if __name__ == "__main__":`` guard work with every method.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterable
+
+from . import _worker
+from ._zygote import MESSAGE
+
+START_METHODS = ("forkserver", "fork", "spawn")
+
+
+def default_start_method() -> str:
+    return "forkserver" if sys.platform.startswith("linux") else "spawn"
+
+
+class Launcher:
+    """Base: start(worker id, child socket, status fd) and the exit codes gathered so far."""
+
+    #: A file descriptor the supervisor must watch and pass to ``on_readable`` (None when there is none).
+    control_fd: int | None = None
+
+    def __init__(self) -> None:
+        self.exits: dict[int, int] = {}
+
+    def start(self, wid: int, child: socket.socket, status_fd: int, close_in_child: Iterable[int]) -> int | None:
+        raise NotImplementedError
+
+    def poll(self, pid: int) -> int | None:
+        """The exit code of a finished worker, or None while it is still running (never blocks)."""
+        raise NotImplementedError
+
+    def on_readable(self) -> list[tuple[int, int]]:
+        """Read the control channel; returns ``(worker id, pid)`` for workers forked since last time."""
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class ForkLauncher(Launcher):
+    def start(self, wid: int, child: socket.socket, status_fd: int, close_in_child: Iterable[int]) -> int | None:
+        pid = os.fork()
+        if pid == 0:
+            # The child must not hold other workers' parent ends, or their EOF would never be seen.
+            for fd in close_in_child:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            _worker.set_parent_death_signal()
+            _worker.run_in_child(child.detach(), status_fd)
+        return pid
+
+    def poll(self, pid: int) -> int | None:
+        if pid in self.exits:
+            return self.exits.pop(pid)
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return -9
+        return os.waitstatus_to_exitcode(status) if done else None
+
+
+class SpawnLauncher(Launcher):
+    def __init__(self) -> None:
+        super().__init__()
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(self, wid: int, child: socket.socket, status_fd: int, close_in_child: Iterable[int]) -> int | None:
+        code = (f"from manycore._worker import spawn_main; "
+                f"spawn_main({child.fileno()}, {status_fd}, {json.dumps(sys.path)})")
+        proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(child.fileno(), status_fd))
+        self._procs[proc.pid] = proc
+        return proc.pid
+
+    def poll(self, pid: int) -> int | None:
+        proc = self._procs.get(pid)
+        if proc is None:
+            return -9
+        code = proc.poll()
+        if code is not None:
+            del self._procs[pid]
+        return code
+
+
+class ForkServerLauncher(Launcher):
+    def __init__(self) -> None:
+        super().__init__()
+        self._ctrl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        code = "from manycore._zygote import main; import sys, json; main(int(sys.argv[1]), json.loads(sys.argv[2]))"
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(theirs.fileno()), json.dumps(sys.path)],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self._ctrl.setblocking(False)
+        self.control_fd = self._ctrl.fileno()
+
+    def start(self, wid: int, child: socket.socket, status_fd: int, close_in_child: Iterable[int]) -> int | None:
+        self._ctrl.setblocking(True)
+        try:
+            socket.send_fds(self._ctrl, [b"W" + wid.to_bytes(8, "little", signed=True)], [child.fileno(), status_fd])
+        finally:
+            self._ctrl.setblocking(False)
+        return None  # the pid arrives later as an "F" message
+
+    def on_readable(self) -> list[tuple[int, int]]:
+        forked: list[tuple[int, int]] = []
+        while True:
+            try:
+                msg = self._ctrl.recv(MESSAGE.size)
+            except (BlockingIOError, InterruptedError):
+                return forked
+            except OSError:
+                msg = b""
+            if not msg:
+                # The zygote is gone; the workers it forked die with it (PDEATHSIG) and report EOF themselves.
+                self.control_fd = None
+                return forked
+            tag, a, b = MESSAGE.unpack(msg)
+            if tag == b"F":
+                forked.append((a, b))
+            else:
+                self.exits[a] = b
+
+    def poll(self, pid: int) -> int | None:
+        return self.exits.pop(pid, None) if self.control_fd is not None else self.exits.pop(pid, -9)
+
+    def close(self) -> None:
+        # Closing the control socket is the zygote's signal to kill any worker left and exit; once it has
+        # exited, every worker it forked is reaped, which poll() then reports.
+        self._ctrl.close()
+        self.control_fd = None
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
+def make_launcher(start_method: str) -> Launcher:
+    if start_method == "forkserver":
+        return ForkServerLauncher()
+    if start_method == "fork":
+        return ForkLauncher()
+    if start_method == "spawn":
+        return SpawnLauncher()
+    raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}, not {start_method!r}")

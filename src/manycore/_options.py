@@ -1,0 +1,85 @@
+"""Validation of every user-facing option, in one place, with errors that name the parameter."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, Literal
+
+from ._launch import START_METHODS, default_start_method
+
+OnError = Literal["raise", "return"]
+Chunksize = int | Literal["auto"] | None
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (CPU affinity and container limits respected where the OS tells)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def processes(value: object, name: str = "processes") -> int:
+    if value is None:
+        return cpu_count()
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value}")
+    return value
+
+
+def chunksize(value: object) -> int | None:
+    """None means automatic."""
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f'chunksize must be a positive int or "auto", not {type(value).__name__} {value!r}')
+    if value < 1:
+        raise ValueError(f'chunksize must be a positive int or "auto", not {value}')
+    return value
+
+
+def on_error(value: object) -> OnError:
+    if value not in ("raise", "return"):
+        raise ValueError(f'on_error must be "raise" or "return", not {value!r}')
+    return value  # type: ignore[return-value]
+
+
+def retries(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"retries must be an int >= 0, not {value!r}")
+    return value
+
+
+def timeout(value: object, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{name} must be a number of seconds > 0 or None, not {value!r}")
+    return float(value)
+
+
+def max_tasks(value: object, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1 or None, not {value!r}")
+    return value
+
+
+def start_method(value: object, context: Any = None) -> str:
+    if value is None and context is not None:
+        value = context.get_start_method()
+    if value is None:
+        return default_start_method()
+    if value not in START_METHODS:
+        raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}, not {value!r}")
+    return str(value)
+
+
+def function(value: object, name: str = "func") -> Callable[..., Any]:
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, not {type(value).__name__} {value!r}")
+    return value

@@ -1,0 +1,333 @@
+"""The result objects that calls return; each is also the scheduler Job that produces it.
+
+- ``ApplyResult``: one call (``apply``/``apply_async``), the ``multiprocessing.pool.AsyncResult`` contract.
+- ``MapResult``: ``map``/``starmap`` and their ``_async`` forms over a sized input, sliced into chunks lazily.
+- ``IMapIterator``: ``imap``/``imap_unordered``; reads its input lazily in the consumer's thread and keeps a
+  bounded window of items in flight, so memory stays flat on endless generators.
+- ``FutureJob``: ``Executor.submit``; resolves a standard ``concurrent.futures.Future``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from typing import Any, Generic, TypeVar
+
+from . import _channel as ch
+from ._progress import Bar
+from ._scheduler import Chunk, Job, Scheduler
+
+T = TypeVar("T")
+
+# imap keeps at most this many chunks' worth of items in flight or waiting to be read, per worker.
+WINDOW_CHUNKS_PER_WORKER = 4
+
+
+def _run_callback(fn: Callable[[Any], object] | None, arg: object) -> None:
+    if fn is None:
+        return
+    try:
+        fn(arg)
+    except Exception:
+        # A failing callback must not kill the thread that delivers every other result.
+        print(f"manycore: exception in callback {fn!r}:", file=sys.stderr)
+        traceback.print_exc()
+
+
+def _interruptible(scheduler: Scheduler, wait: Callable[[], bool]) -> bool:
+    """Run a blocking wait; Ctrl-C stops the whole pool (no worker survives it) and propagates."""
+    try:
+        return wait()
+    except KeyboardInterrupt:
+        scheduler.terminate()
+        raise
+
+
+class AsyncResult(Job, Generic[T]):
+    """The result of an ``*_async`` call: ``get``, ``wait``, ``ready``, ``successful``."""
+
+    def __init__(self, scheduler: Scheduler, fn: Callable[..., Any], *,
+                 callback: Callable[[T], object] | None = None,
+                 error_callback: Callable[[BaseException], object] | None = None,
+                 progress: Bar | None = None, **job_options: Any) -> None:
+        super().__init__(scheduler, fn, **job_options)
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._callback = callback
+        self._error_callback = error_callback
+        self._bar = progress
+
+    def ready(self) -> bool:
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._error is None
+
+    def wait(self, timeout: float | None = None) -> None:
+        _interruptible(self.scheduler, lambda: self._event.wait(timeout))
+
+    def get(self, timeout: float | None = None) -> T:
+        self.wait(timeout)
+        if not self.ready():
+            raise multiprocessing.TimeoutError(f"no result within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[no-any-return]
+
+    def _finish(self, value: Any, error: BaseException | None) -> None:
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._value, self._error = value, error
+            self._event.set()
+        self.scheduler.job_finished(self)
+        if self._bar is not None:
+            self._bar.close()
+        if error is None:
+            _run_callback(self._callback, value)
+        else:
+            _run_callback(self._error_callback, error)
+
+    def fail_all(self, exc: BaseException) -> None:
+        self._finish(None, exc)
+
+
+class ApplyResult(AsyncResult[T]):
+    kind = ch.CALL
+
+    def __init__(self, scheduler: Scheduler, fn: Callable[..., T], args: Sequence[Any],
+                 kwargs: dict[str, Any], **options: Any) -> None:
+        super().__init__(scheduler, fn, **options)
+        self.ready_chunks = [Chunk(self, 0, [(tuple(args), dict(kwargs))])]
+
+    def take_locked(self) -> Chunk | None:
+        return self.ready_chunks.pop() if self.ready_chunks else None
+
+    def deliver(self, first: int, values: list[Any], errors: dict[int, BaseException]) -> None:
+        self._finish(values[0], errors.get(0))
+
+
+class MapResult(AsyncResult[list[T]]):
+    """Ordered results of map/starmap; fails fast on the first error unless ``on_error="return"``."""
+
+    def __init__(self, scheduler: Scheduler, fn: Callable[..., T], items: Sequence[Any], *, star: bool,
+                 on_error: str = "raise", **options: Any) -> None:
+        super().__init__(scheduler, fn, **options)
+        self.kind = ch.STARMAP if star else ch.MAP
+        self._items = items
+        self._cursor = 0
+        self._results: list[Any] = [None] * len(items)
+        self._remaining = len(items)
+        self._return_errors = on_error == "return"
+        if not items:
+            self._finish([], None)
+
+    def take_locked(self) -> Chunk | None:
+        n = len(self._items)
+        if self._cursor >= n:
+            return None
+        size = self.chunker.next_size(n - self._cursor)
+        first = self._cursor
+        self._cursor = min(n, first + size)
+        return Chunk(self, first, self._items[first:self._cursor])
+
+    def deliver(self, first: int, values: list[Any], errors: dict[int, BaseException]) -> None:
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._results[first:first + len(values)] = values
+            self._remaining -= len(values)
+            remaining = self._remaining
+        if self._bar is not None:
+            self._bar.update(len(values))
+        if errors:
+            if not self._return_errors:
+                self._finish(None, errors[min(errors)])
+                return
+            with self._lock:
+                for offset, exc in errors.items():
+                    self._results[first + offset] = exc
+        if remaining == 0:
+            self._finish(self._results, None)
+
+
+class IMapIterator(Job, Iterator[T]):
+    """Lazy results of imap (input order) or imap_unordered (completion order)."""
+
+    def __init__(self, scheduler: Scheduler, fn: Callable[..., T], iterable: Iterable[Any], *, star: bool,
+                 ordered: bool, on_error: str = "raise", progress: Bar | None = None,
+                 **options: Any) -> None:
+        super().__init__(scheduler, fn, **options)
+        self.kind = ch.STARMAP if star else ch.MAP
+        self._source = iter(iterable)
+        self._ordered = ordered
+        self._return_errors = on_error == "return"
+        self._bar = progress
+        self._cond = threading.Condition()
+        self._pulled = 0  # items taken from the source
+        self._yielded = 0  # items handed to the consumer
+        self._exhausted = False
+        self._source_error: tuple[int, BaseException] | None = None
+        self._pieces: dict[int, tuple[list[Any], dict[int, BaseException]]] = {}
+        self._arrivals: deque[int] = deque()  # imap_unordered: piece keys in completion order
+        self._buffer: deque[tuple[Any, BaseException | None]] = deque()
+        self._failure: BaseException | None = None
+        self._window = WINDOW_CHUNKS_PER_WORKER * scheduler.processes
+
+    def start(self) -> None:
+        """Fill the first window, so work begins before the first ``next()``; called once submitted."""
+        self._pull()
+
+    # ---- the consumer side -----------------------------------------------------------------------------
+
+    def _pull(self) -> None:
+        """Take input up to the window, in the consumer's thread (a failing generator fails here)."""
+        new: list[Chunk] = []
+        while not self._exhausted and self._source_error is None:
+            size = self.chunker.next_size(None)
+            if self._pulled - self._yielded + size > self._window * size:
+                break
+            items: list[Any] = []
+            try:
+                # extend() keeps the items read before a generator raises.
+                items.extend(itertools.islice(self._source, size))
+            except Exception as exc:
+                self._source_error = (self._pulled + len(items), exc)
+            if len(items) < size:
+                self._exhausted = True
+            if items:
+                new.append(Chunk(self, self._pulled, items))
+                self._pulled += len(items)
+        if new:
+            self.queued.extend(new)
+            self.scheduler.more_ready(self)
+
+    def _finished_locked(self) -> bool:
+        return (self._exhausted or self._source_error is not None) and self._yielded >= self._pulled
+
+    def next(self, timeout: float | None = None) -> T:
+        """``next()`` with a timeout, as ``multiprocessing.pool.IMapIterator.next``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._buffer:
+            self._pull()
+            with self._cond:
+                if self._failure is not None:
+                    raise self._failure
+                if self._take_piece_locked():
+                    break
+                if self._finished_locked():
+                    self.scheduler.job_finished(self)
+                    if self._bar is not None:
+                        self._bar.close()
+                    if self._source_error is not None:
+                        _, exc = self._source_error
+                        self._source_error = (self._pulled, StopIteration())
+                        if not isinstance(exc, StopIteration):
+                            raise exc
+                    raise StopIteration
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise multiprocessing.TimeoutError(f"no result within {timeout} s")
+                _interruptible(self.scheduler, lambda: self._cond.wait(left))
+        value, error = self._buffer.popleft()
+        self._yielded += 1
+        if error is not None and not self._return_errors:
+            raise error
+        return value if error is None else error  # type: ignore[no-any-return]
+
+    __next__ = next
+
+    def __iter__(self) -> IMapIterator[T]:
+        return self
+
+    def _take_piece_locked(self) -> bool:
+        if self._ordered:
+            piece = self._pieces.pop(self._yielded, None)
+        else:
+            piece = self._pieces.pop(self._arrivals.popleft()) if self._arrivals else None
+        if piece is None:
+            return False
+        values, errors = piece
+        self._buffer.extend((v, errors.get(k)) for k, v in enumerate(values))
+        return True
+
+    def close(self) -> None:
+        """Stop early: chunks not yet started are dropped (also done when the iterator is garbage)."""
+        self.scheduler.job_finished(self)
+        if self._bar is not None:
+            self._bar.close()
+
+    def __del__(self) -> None:
+        if not self.closed:
+            try:
+                self.scheduler.job_finished(self)
+            except Exception:  # interpreter shutdown: nothing left to stop
+                pass
+
+    # ---- the scheduler side ------------------------------------------------------------------------------
+
+    def deliver(self, first: int, values: list[Any], errors: dict[int, BaseException]) -> None:
+        with self._cond:
+            self._pieces[first] = (values, errors)
+            self._arrivals.append(first)
+            self._cond.notify_all()
+        if self._bar is not None:
+            self._bar.update(len(values))
+
+    def fail_all(self, exc: BaseException) -> None:
+        with self._cond:
+            self._failure = exc
+            self._cond.notify_all()
+        self.scheduler.job_finished(self)
+
+
+class FutureJob(Job):
+    """One ``Executor.submit`` call, resolving a standard Future (so as_completed and wait work)."""
+
+    kind = ch.CALL
+
+    def __init__(self, scheduler: Scheduler, fn: Callable[..., Any], args: tuple[Any, ...],
+                 kwargs: dict[str, Any], **options: Any) -> None:
+        super().__init__(scheduler, fn, **options)
+        self.future: Future[Any] = Future()
+        self.ready_chunks = [Chunk(self, 0, [(args, kwargs)])]
+
+    def take_locked(self) -> Chunk | None:
+        return self.ready_chunks.pop() if self.ready_chunks else None
+
+    def start_locked(self, chunk: Chunk) -> bool:
+        if self.future.set_running_or_notify_cancel():
+            return True
+        self.scheduler.job_finished_locked(self)
+        return False
+
+    def deliver(self, first: int, values: list[Any], errors: dict[int, BaseException]) -> None:
+        if 0 in errors:
+            self._settle(None, errors[0])
+        else:
+            self._settle(values[0], None)
+
+    def _settle(self, value: Any, error: BaseException | None) -> None:
+        self.scheduler.job_finished(self)
+        if self.future.done():
+            return
+        if not self.future.running() and not self.future.set_running_or_notify_cancel():
+            return
+        if error is None:
+            self.future.set_result(value)
+        else:
+            self.future.set_exception(error)
+
+    def fail_all(self, exc: BaseException) -> None:
+        self._settle(None, exc)

@@ -1,0 +1,692 @@
+"""The scheduler: which chunk runs on which worker, and what happens when a worker dies or overruns.
+
+Data flow (one pool)::
+
+   caller threads                        supervisor thread                       worker processes
+  ─────────────────                    ───────────────────────                  ──────────────────
+   Pool.map / imap / apply_async        one selector.select() over:             worker 1 ─┐
+   Executor.submit                        · every worker socket (results, EOF)            │ socket pair,
+        │                                 · the wakeup pipe                      worker 2 ─┤ framed messages
+        ▼                                 · the fork server's control socket              │ (_channel)
+   Job (a result object) ──submit──▶  dispatchable jobs ──assign──▶ Worker.inflight ─send─▶ ...
+        ▲                               retry queue ◀── a lost worker's chunks             │
+        │                                                                                  │
+        └──────────── deliver (values, per-item errors) ◀── RESULT frames ◀────────────────┘
+
+- A Job turns its input into chunks, lazily: sized inputs (list, tuple, range) are sliced at assignment time, in
+  whichever thread assigns; generators are pulled only by the consumer thread of imap, never by the supervisor,
+  so a slow or failing generator cannot stall the pool.
+- Assignment (``_assign_locked``) runs under the one scheduler lock in any thread: the caller after a submit
+  (so ``apply`` reaches a worker without a thread hand-off) and the supervisor after each result. Each worker
+  holds at most ``DEPTH`` chunks, one running and one waiting in its socket, so it never idles for a round trip.
+- Pickling and sending happen outside the lock. Sends never block: what the kernel does not take waits in the
+  channel's backlog, flushed by the supervisor when the socket is writable.
+- Only the supervisor reads sockets, starts and replaces workers, and enforces ``task_timeout`` (it reads each
+  worker's status page). A lost worker's chunks are re-run: the item it was running fails with
+  ``WorkerLostError``/``TaskTimeoutError`` (or is retried), and the rest of the chunk runs again. When the item is
+  unknown (no ``task_timeout``, so no per-item tracking), the chunk is re-run one item at a time to find it.
+- The supervisor holds the scheduler, never the Pool: a Pool that is dropped unclosed is garbage-collected,
+  terminates its scheduler, and warns (ResourceWarning), as ``multiprocessing.Pool`` does.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import enum
+import itertools
+import mmap
+import os
+import select
+import selectors
+import signal
+import socket
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import _channel as ch
+from ._chunking import Chunker
+from ._launch import Launcher, make_launcher
+from ._serialize import dumps, dumps_function, find_unpicklable, loads, unpack_exception
+from ._worker import FUNCTION_CACHE, PARTIAL, STATUS, STATUS_SIZE
+from .errors import InitializerError, PoolClosedError, SerializationError, TaskTimeoutError, WorkerLostError
+
+DEPTH = 2  # chunks a worker holds: the one it runs and the next, already in its socket
+START_FAILURES_LIMIT = 5  # consecutive workers dying before READY: the pool cannot start workers
+EXIT_CODE_GRACE = 2.0  # seconds to wait for a lost worker's exit code before reporting without it
+
+
+class State(enum.Enum):
+    RUNNING = "running"
+    CLOSED = "closed"  # no new work; running work finishes
+    TERMINATED = "terminated"
+
+
+class Chunk:
+    """Consecutive items of one job, sent and answered as one message."""
+
+    __slots__ = ("cid", "first", "items", "job", "payload")
+
+    def __init__(self, job: Job, first: int, items: Sequence[Any]) -> None:
+        self.cid = 0
+        self.job = job
+        self.first = first  # index of items[0] in the job's input
+        self.items = items
+        self.payload: bytes | None = None
+
+    def solos(self) -> list[Chunk]:
+        return [Chunk(self.job, self.first + k, self.items[k:k + 1]) for k in range(len(self.items))]
+
+
+class _FunctionCache:
+    """Pickles each task function once: 2,000 ``apply`` calls of one function send it once per worker."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._entries: dict[int, tuple[object, int, bytes]] = {}
+        self._keys = itertools.count(1)
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, fn: object) -> tuple[int, bytes]:
+        with self._lock:
+            entry = self._entries.get(id(fn))
+            if entry is not None and entry[0] is fn:
+                return entry[1], entry[2]
+        blob = dumps_function(fn)
+        key = next(self._keys)
+        with self._lock:
+            # The entry keeps fn alive, so its id cannot be reused by another object while cached.
+            self._entries[id(fn)] = (fn, key, blob)
+            if len(self._entries) > self._size:
+                del self._entries[next(iter(self._entries))]
+        return key, blob
+
+
+class Job:
+    """One call's work. Subclasses (the result objects of the API) say where chunks come from and go to."""
+
+    kind = ch.MAP
+
+    def __init__(self, scheduler: Scheduler, fn: Callable[..., Any], *, chunksize: int | None = None,
+                 task_timeout: float | None = None, retries: int = 0) -> None:
+        self.scheduler = scheduler
+        self.fn_key, self.fn_blob = scheduler.functions.get(fn)
+        self.chunker = Chunker(chunksize, scheduler.processes)
+        self.task_timeout = task_timeout
+        self.retries = retries
+        self.queued: deque[Chunk] = deque()
+        self.closed = False  # set when the job needs no more chunks run (done, failed fast, cancelled)
+        self.counted = True
+        self.attempts: dict[int, int] = {}
+
+    # Called under the scheduler lock.
+    def take_locked(self) -> Chunk | None:
+        return self.queued.popleft() if self.queued else None
+
+    def start_locked(self, chunk: Chunk) -> bool:
+        """The chunk is about to be sent; False drops it (e.g. its future was cancelled)."""
+        return True
+
+    # Called without the scheduler lock, from the supervisor or the sending thread.
+    def deliver(self, first: int, values: list[Any], errors: dict[int, BaseException]) -> None:
+        raise NotImplementedError
+
+    def fail_all(self, exc: BaseException) -> None:
+        """The pool can run nothing more for this job (terminated, broken)."""
+        raise NotImplementedError
+
+
+class Worker:
+    __slots__ = ("accepting", "assigned", "channel", "fn_seq", "inflight", "known_fns", "lost_at", "page",
+                 "pid", "ready", "timed_out", "wid")
+
+    def __init__(self, wid: int, channel: ch.ParentChannel, page: mmap.mmap, pid: int | None) -> None:
+        self.wid = wid
+        self.channel = channel
+        self.page = page
+        self.pid = pid
+        self.ready = False
+        self.accepting = True
+        self.assigned = 0
+        self.inflight: dict[int, Chunk] = {}
+        self.known_fns: dict[int, int] = {}
+        self.fn_seq = 0
+        self.timed_out: tuple[int, int] | None = None  # (chunk id, item offset) the supervisor killed it for
+        self.lost_at = 0.0
+
+    def needs_function(self, key: int) -> bool:
+        seen = self.known_fns.get(key)
+        if seen is not None and self.fn_seq - seen < FUNCTION_CACHE // 2:
+            return False
+        self.known_fns[key] = self.fn_seq
+        self.fn_seq += 1
+        if len(self.known_fns) > FUNCTION_CACHE:
+            del self.known_fns[next(iter(self.known_fns))]
+        return True
+
+    def running(self) -> tuple[int, int, int]:
+        """(chunk id, item offset, item start in monotonic ns) from the status page; chunk id 0 when idle."""
+        first = STATUS.unpack_from(self.page)
+        second = STATUS.unpack_from(self.page)
+        # The worker writes the page without a lock; two equal reads are a consistent one.
+        return first if first == second else STATUS.unpack_from(self.page)
+
+    def kill(self) -> None:
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+
+_live: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+
+
+@atexit.register
+def _terminate_all() -> None:
+    # The supervisor is a daemon thread only so that a forgotten pool cannot block interpreter exit;
+    # this hook, not the daemon flag, is what stops its workers.
+    for scheduler in list(_live):
+        scheduler.terminate()
+
+
+class Scheduler:
+    """Owns the workers of one pool and the supervisor thread; the API layer talks only to this."""
+
+    def __init__(self, processes: int, *, initializer: Callable[..., object] | None = None,
+                 initargs: Sequence[Any] = (), max_tasks_per_worker: int | None = None,
+                 start_method: str) -> None:
+        self.processes = processes
+        self.start_method = start_method
+        self.functions = _FunctionCache()
+        self.state = State.RUNNING
+        self.broken: BaseException | None = None
+        self._init_blob = dumps_function((initializer, tuple(initargs), max_tasks_per_worker or 0))
+        self._max_tasks = max_tasks_per_worker or 0
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._cids = itertools.count(1)
+        self._wids = itertools.count(1)
+        self._workers: dict[int, Worker] = {}
+        self._lost: list[Worker] = []
+        self._dispatchable: deque[Job] = deque()
+        self._retry: deque[Chunk] = deque()
+        self._jobs: weakref.WeakSet[Job] = weakref.WeakSet()
+        self._active = 0  # jobs submitted and not yet finished, for join()
+        self._start_failures = 0
+        self._timeouts_active = 0
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._launcher: Launcher = make_launcher(start_method)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._control_fd = self._launcher.control_fd
+        if self._control_fd is not None:
+            self._selector.register(self._control_fd, selectors.EVENT_READ, self._launcher)
+        self._thread = threading.Thread(target=self._supervise, name="manycore-supervisor", daemon=True)
+        self._stopped = threading.Event()
+        _live.add(self)
+        self._thread.start()
+
+    # ---- called by the API layer -------------------------------------------------------------------------
+
+    def submit(self, job: Job, *, counted: bool = True) -> None:
+        """Queue a job's chunks for dispatch (its ``queued`` deque or its ``take_locked`` source).
+
+        ``counted`` jobs keep ``close(); join()`` waiting until they finish; imap jobs are not counted, since
+        their input advances only as their consumer reads: join waits for their chunks in flight instead.
+        """
+        with self._lock:
+            if self.state is not State.RUNNING:
+                raise PoolClosedError("Pool not running: it was closed or terminated; create a new one")
+            if self.broken is not None:
+                raise self.broken
+            self._jobs.add(job)
+            job.counted = counted
+            self._active += counted
+            if job.task_timeout is not None:
+                self._timeouts_active += 1
+            self._dispatchable.append(job)
+            assignments = self._assign_locked()
+        self._send(assignments)
+        if job.task_timeout is not None:
+            self._wake()  # the supervisor must start watching deadlines
+
+    def more_ready(self, job: Job) -> None:
+        """An imap consumer pulled more chunks into ``job.queued``."""
+        with self._lock:
+            if job not in self._dispatchable:
+                self._dispatchable.append(job)
+            assignments = self._assign_locked()
+        self._send(assignments)
+
+    def job_finished(self, job: Job) -> None:
+        """A job has every result it needs (or was abandoned): stop running its chunks."""
+        with self._lock:
+            self.job_finished_locked(job)
+        if self.state is State.CLOSED:
+            self._wake()
+
+    def job_finished_locked(self, job: Job) -> None:
+        if job.closed:
+            return
+        job.closed = True
+        self._active -= job.counted
+        if job.task_timeout is not None:
+            self._timeouts_active -= 1
+        self._idle.notify_all()
+
+    def close(self) -> None:
+        with self._lock:
+            if self.state is State.RUNNING:
+                self.state = State.CLOSED
+        self._wake()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the supervisor has stopped (after close: all work done; after terminate: at once)."""
+        if threading.current_thread() is self._thread:
+            return False
+        return self._stopped.wait(timeout)
+
+    def wait_idle(self) -> None:
+        with self._lock:
+            while self._active > 0 and self.state is not State.TERMINATED and self.broken is None:
+                self._idle.wait()
+
+    def terminate(self) -> None:
+        """Kill every worker now; unfinished jobs fail with PoolClosedError. Never blocks for long."""
+        with self._lock:
+            if self.state is State.TERMINATED:
+                return
+            self.state = State.TERMINATED
+            workers = list(self._workers.values()) + self._lost
+            jobs = list(self._jobs)
+            self._idle.notify_all()
+        for w in workers:
+            w.kill()
+        self._wake()
+        for job in jobs:
+            if not job.closed:
+                job.fail_all(PoolClosedError("the pool was terminated before this task finished"))
+        if threading.current_thread() is not self._thread:
+            self._stopped.wait(10)
+
+    def statistics(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "workers": len(self._workers),
+                "chunks_in_flight": sum(len(w.inflight) for w in self._workers.values()),
+                "jobs_active": self._active,
+            }
+
+    # ---- assignment and sending (any thread) ---------------------------------------------------------------
+
+    def _next_chunk_locked(self) -> Chunk | None:
+        while self._retry:
+            chunk = self._retry.popleft()
+            if not chunk.job.closed:
+                return chunk
+        while self._dispatchable:
+            job = self._dispatchable[0]
+            chunk = None if job.closed else job.take_locked()
+            if chunk is None:
+                self._dispatchable.popleft()
+                continue
+            if job.start_locked(chunk):
+                return chunk
+        return None
+
+    def _assign_locked(self) -> list[tuple[Worker, Chunk, bool]]:
+        out: list[tuple[Worker, Chunk, bool]] = []
+        if self.state is State.TERMINATED or self.broken is not None:
+            return out
+        for depth in range(1, DEPTH + 1):
+            for w in self._workers.values():
+                while w.accepting and len(w.inflight) < depth:
+                    chunk = self._next_chunk_locked()
+                    if chunk is None:
+                        return out
+                    chunk.cid = next(self._cids)
+                    w.inflight[chunk.cid] = chunk
+                    w.assigned += 1
+                    if self._max_tasks and w.assigned >= self._max_tasks:
+                        w.accepting = False
+                    out.append((w, chunk, w.needs_function(chunk.job.fn_key)))
+        return out
+
+    def _send(self, assignments: list[tuple[Worker, Chunk, bool]]) -> None:
+        backlog = False
+        for w, chunk, with_fn in assignments:
+            job = chunk.job
+            if chunk.payload is None:
+                try:
+                    chunk.payload = dumps((chunk.first, chunk.items))
+                except Exception:
+                    self._unpicklable(w, chunk)
+                    continue
+                job.chunker.observe_bytes(len(chunk.items), len(chunk.payload))
+            fn = job.fn_blob if with_fn else b""
+            flags = len(fn) * 2 + (job.task_timeout is not None)
+            backlog |= w.channel.send(job.kind, chunk.cid, job.fn_key, flags, fn, chunk.payload)
+        if backlog and threading.current_thread() is not self._thread:
+            self._wake()
+
+    def _unpicklable(self, w: Worker, chunk: Chunk) -> None:
+        what = "argument" if chunk.job.kind != ch.CALL else "call argument"
+        with self._lock:
+            w.inflight.pop(chunk.cid, None)
+            if len(chunk.items) > 1:
+                self._retry.extendleft(reversed(chunk.solos()))
+                assignments = self._assign_locked()
+            else:
+                assignments = []
+        if len(chunk.items) == 1:
+            chunk.job.deliver(chunk.first, [None], {0: find_unpicklable(chunk.items, chunk.first, what)})
+        self._send(assignments)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"x")
+
+    # ---- the supervisor thread ---------------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        try:
+            with self._lock:
+                for _ in range(self.processes):
+                    self._start_worker_locked()
+            while not self._housekeeping():
+                self._poll(self._poll_timeout())
+        finally:
+            self._shutdown()
+
+    def _poll_timeout(self) -> float | None:
+        if self._lost:
+            return 0.01
+        if self._timeouts_active:
+            return 0.02
+        if self.state is State.CLOSED:
+            return 0.1
+        return None
+
+    def _poll(self, timeout: float | None) -> None:
+        results: list[tuple[Worker, ch.Frame]] = []
+        for key, mask in self._selector.select(timeout):
+            data = key.data
+            if data is None:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+            elif data is self._launcher:
+                self._on_control()
+            else:
+                w: Worker = data
+                if mask & selectors.EVENT_WRITE:
+                    w.channel.flush()
+                if mask & selectors.EVENT_READ:
+                    frames = w.channel.read_frames()
+                    if frames is None:
+                        self._on_eof(w)
+                        continue
+                    for frame in frames:
+                        if frame.kind == ch.RESULT:
+                            results.append((w, frame))
+                        elif frame.kind == ch.READY:
+                            w.pid, w.ready = frame.a, True
+                            self._start_failures = 0
+                        elif frame.kind == ch.INIT_FAILED:
+                            self._break(InitializerError(
+                                "the pool's initializer raised in a worker, so no worker can run tasks"),
+                                unpack_exception(frame.body))
+        if results:
+            self._on_results(results)
+        for w in list(self._workers.values()):
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if w.channel.pending else 0)
+            if self._selector.get_key(w.channel).events != events:
+                self._selector.modify(w.channel, events, w)
+
+    def _on_control(self) -> None:
+        forked = self._launcher.on_readable()
+        with self._lock:
+            for wid, pid in forked:
+                w = self._workers.get(wid) or next((x for x in self._lost if x.wid == wid), None)
+                if w is not None and w.pid is None:
+                    w.pid = pid
+                    if w.timed_out is not None or self.state is State.TERMINATED:
+                        w.kill()
+        if self._launcher.control_fd is None and self._control_fd is not None:
+            # The fork server died: no more workers can start, which makes the pool broken.
+            self._selector.unregister(self._control_fd)
+            self._control_fd = None
+            if self.state is State.RUNNING:
+                self._break(InitializerError("the fork server process died; no worker can be started"), None)
+
+    def _on_results(self, results: list[tuple[Worker, ch.Frame]]) -> None:
+        done: list[tuple[Chunk, ch.Frame]] = []
+        with self._lock:
+            for w, frame in results:
+                chunk = w.inflight.pop(frame.chunk_id, None)
+                if chunk is not None:
+                    done.append((chunk, frame))
+            assignments = self._assign_locked()
+        self._send(assignments)
+        for chunk, frame in done:
+            job = chunk.job
+            if job.closed:
+                continue
+            job.chunker.observe_time(len(chunk.items), frame.a / 1e9)
+            try:
+                if frame.b == PARTIAL:
+                    values, packed = loads(frame.body)
+                    errors = {k: unpack_exception(v) for k, v in packed.items()}
+                else:
+                    values, errors = loads(frame.body), {}
+            except Exception as exc:
+                err = SerializationError(
+                    f"the results of items #{chunk.first}-#{chunk.first + len(chunk.items) - 1} cannot be "
+                    f"unpickled in the parent ({type(exc).__name__}: {exc})",
+                    what="result", index=chunk.first, detail=str(exc))
+                values, errors = [None] * len(chunk.items), dict.fromkeys(range(len(chunk.items)), err)
+            job.deliver(chunk.first, values, errors)
+
+    # ---- workers coming and going (supervisor thread) ------------------------------------------------------
+
+    def _start_worker_locked(self) -> None:
+        wid = next(self._wids)
+        mine, theirs = socket.socketpair()
+        status_fd = os.memfd_create("manycore-status", 0)
+        try:
+            os.ftruncate(status_fd, STATUS_SIZE)
+            page = mmap.mmap(status_fd, STATUS_SIZE)
+            close_in_child = [self._wake_r, self._wake_w, mine.fileno()]
+            close_in_child += [w.channel.fileno() for w in self._workers.values()]
+            if self._launcher.control_fd is not None:
+                close_in_child.append(self._launcher.control_fd)
+            pid = self._launcher.start(wid, theirs, status_fd, close_in_child)
+        finally:
+            theirs.close()
+            os.close(status_fd)
+        w = Worker(wid, ch.ParentChannel(mine), page, pid)
+        w.channel.send(ch.CALL, 0, 0, 0, self._init_blob)
+        self._workers[wid] = w
+        self._selector.register(w.channel, selectors.EVENT_READ | selectors.EVENT_WRITE, w)
+
+    def _on_eof(self, w: Worker) -> None:
+        with self._lock:
+            self._selector.unregister(w.channel)
+            w.channel.close()
+            del self._workers[w.wid]
+            w.lost_at = time.monotonic()
+            self._lost.append(w)
+            if not w.ready and not w.inflight and self.state is State.RUNNING:
+                self._start_failures += 1
+            if self.state is State.RUNNING and self.broken is None:
+                if self._start_failures >= START_FAILURES_LIMIT:
+                    self.broken = InitializerError(
+                        f"{START_FAILURES_LIMIT} worker processes in a row died while starting "
+                        f"(start method {self.start_method!r}); see their output above")
+                else:
+                    self._start_worker_locked()
+
+    def _housekeeping(self) -> bool:
+        """Timeouts, lost workers, shutdown. Returns True when the supervisor should stop."""
+        if self._timeouts_active:
+            self._check_deadlines()
+        if self._lost:
+            self._reap_lost()
+        if self.broken is not None:
+            self._fail_everything(self.broken)
+        with self._lock:
+            if self.state is State.TERMINATED:
+                return True
+            if self.state is State.CLOSED and self._active == 0 and not self._retry and not any(
+                    w.inflight for w in self._workers.values()) and not any(j.queued for j in self._dispatchable):
+                return True
+            assignments = self._assign_locked()
+        self._send(assignments)
+        return False
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic_ns()
+        with self._lock:
+            for w in self._workers.values():
+                if w.timed_out is not None or not w.inflight:
+                    continue
+                cid, offset, started = w.running()
+                chunk = w.inflight.get(cid)
+                if chunk is None or chunk.job.task_timeout is None or not started:
+                    continue
+                if now - started > chunk.job.task_timeout * 1e9:
+                    w.timed_out = (cid, offset)
+                    w.kill()
+
+    def _reap_lost(self) -> None:
+        now = time.monotonic()
+        for w in list(self._lost):
+            code = self._launcher.poll(w.pid) if w.pid is not None else None
+            if code is None and now - w.lost_at < EXIT_CODE_GRACE and self.state is not State.TERMINATED:
+                continue
+            self._lost.remove(w)
+            self._recover(w, code)
+
+    def _recover(self, w: Worker, exitcode: int | None) -> None:
+        """Re-run what a lost worker held; fail (or retry) the one item it was running."""
+        failures: list[tuple[Job, int, BaseException]] = []
+        with self._lock:
+            if w.timed_out is not None:
+                cid, offset = w.timed_out
+            else:
+                cid, offset, _ = w.running()
+                chunk = w.inflight.get(cid)
+                if chunk is not None and chunk.job.task_timeout is None and len(chunk.items) > 1:
+                    offset = -1  # the item is unknown: re-run the chunk one item at a time
+            requeue: list[Chunk] = []
+            for chunk in w.inflight.values():
+                if chunk.job.closed:
+                    continue
+                if chunk.cid != cid:
+                    requeue.append(chunk)
+                elif offset < 0:
+                    requeue.extend(chunk.solos())
+                else:
+                    index = chunk.first + offset
+                    before, after = chunk.items[:offset], chunk.items[offset + 1:]
+                    if len(before):
+                        requeue.append(Chunk(chunk.job, chunk.first, before))
+                    tries = chunk.job.attempts[index] = chunk.job.attempts.get(index, 0) + 1
+                    if tries <= chunk.job.retries:
+                        requeue.append(Chunk(chunk.job, index, chunk.items[offset:offset + 1]))
+                    else:
+                        failures.append((chunk.job, index, self._loss_error(w, exitcode, chunk, index)))
+                    if len(after):
+                        requeue.append(Chunk(chunk.job, index + 1, after))
+            w.inflight.clear()
+            self._retry.extendleft(reversed(requeue))
+            assignments = self._assign_locked()
+        self._send(assignments)
+        for job, index, exc in failures:
+            job.deliver(index, [None], {0: exc})
+
+    def _loss_error(self, w: Worker, exitcode: int | None, chunk: Chunk, index: int) -> BaseException:
+        if w.timed_out is not None:
+            limit = chunk.job.task_timeout
+            return TaskTimeoutError(f"item #{index} ran longer than task_timeout={limit} s; its worker "
+                                    f"(pid {w.pid}) was killed and replaced", index=index, timeout=limit)
+        signame = None
+        if exitcode is not None and exitcode < 0:
+            with contextlib.suppress(ValueError):
+                signame = signal.Signals(-exitcode).name
+        how = (f"killed by {signame}" if signame else
+               f"exited with code {exitcode}" if exitcode is not None else "exited (exit code unknown)")
+        hint = {"SIGKILL": " (killed from outside, or by the out-of-memory killer)",
+                "SIGSEGV": " (a segmentation fault, usually in C code)"}.get(signame or "", "")
+        return WorkerLostError(f"the worker process (pid {w.pid}) running item #{index} {how}{hint}",
+                               index=index, pid=w.pid, exitcode=exitcode, signal_name=signame)
+
+    def _break(self, error: BaseException, cause: BaseException | None) -> None:
+        error.__cause__ = cause
+        with self._lock:
+            if self.broken is None:
+                self.broken = error
+
+    def _fail_everything(self, error: BaseException) -> None:
+        with self._lock:
+            jobs = [j for j in self._jobs if not j.closed]
+            self._idle.notify_all()
+        for job in jobs:
+            job.fail_all(error)
+
+    def _shutdown(self) -> None:
+        with self._lock:
+            workers = list(self._workers.values())
+            self._workers.clear()
+            lost, self._lost = self._lost, []
+        graceful = self.state is not State.TERMINATED
+        deadline = time.monotonic() + 5
+        for w in workers:
+            if graceful:
+                w.channel.send(ch.STOP, 0, 0, 0)
+            else:
+                w.kill()
+        for w in workers:
+            if graceful:
+                _wait_for_eof(w.channel, deadline)
+            with contextlib.suppress(OSError):
+                w.channel.close()
+        # Closing the launcher stops the fork server, which first kills and reaps any worker still there.
+        self._launcher.close()
+        for w in workers + lost:
+            self._reap(w, deadline)
+            w.page.close()
+        with contextlib.suppress(OSError):
+            self._selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        _live.discard(self)
+        self._stopped.set()
+
+    def _reap(self, w: Worker, deadline: float) -> None:
+        """Wait until a worker is gone (killing it past the deadline), so none outlives the pool."""
+        if w.pid is None:
+            return
+        while self._launcher.poll(w.pid) is None:
+            if time.monotonic() > deadline:
+                w.kill()
+            time.sleep(0.001)
+
+
+def _wait_for_eof(channel: ch.ParentChannel, deadline: float) -> None:
+    """A worker closes its socket only by exiting: EOF means it is gone or going."""
+    while True:
+        while channel.pending and channel.flush():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.001)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        readable, _, _ = select.select([channel.sock], [], [], left)
+        if readable and channel.read_frames() is None:
+            return

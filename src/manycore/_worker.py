@@ -1,0 +1,182 @@
+"""The worker process: receive a chunk, run it, send the results back; knows nothing of scheduling.
+
+A worker owns one end of a socket pair and a one-page shared "status" mapping. It writes the id of the chunk it
+is running (and, when the job has a ``task_timeout``, the item and the moment it started) into that page, so the
+parent can tell which item a worker was running when it died or overran, without any message on the hot path.
+Workers ignore SIGINT: Ctrl-C goes to the whole process group, and the parent, not each worker, decides what
+an interrupt means (it stops the pool).
+"""
+
+from __future__ import annotations
+
+import itertools
+import mmap
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from . import _channel as ch
+from ._serialize import dumps, loads, pack_exception
+
+STATUS = struct.Struct("<QQQ")  # running chunk id (0 = none), item offset within it, item start (monotonic ns)
+STATUS_SIZE = mmap.PAGESIZE
+# The worker keeps at most this many task functions; the parent resends one it last sent longer ago than half
+# of this (see Worker.needs_function in _scheduler), so an evicted function is never needed.
+FUNCTION_CACHE = 1024
+
+OK, PARTIAL = 0, 1  # RESULT frame status: every item succeeded, or some items carry an error
+
+
+def set_parent_death_signal() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies, so a SIGKILLed parent leaves no orphans."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
+def _run_items(fn: Callable[..., Any], items: Iterable[Any], star: bool, first: int,
+               track: Callable[[int], None] | None) -> tuple[list[Any], dict[int, bytes]]:
+    """Apply fn to every item; an item that raises records its error and the others still run."""
+    values: list[Any] = []
+    errors: dict[int, bytes] = {}
+    it = iter(items)
+    while True:
+        try:
+            if track is not None:
+                for x in it:
+                    track(len(values))
+                    values.append(fn(*x) if star else fn(x))
+            elif star:
+                values.extend(itertools.starmap(fn, it))
+            else:
+                # map() appends item by item, so when fn raises, `values` holds exactly the items before it and
+                # `it` has moved past the failing one: the loop resumes with the next item.
+                values.extend(map(fn, it))
+            return values, errors
+        except (Exception, SystemExit) as exc:  # SystemExit from a task is that item's error, not the worker's
+            errors[len(values)] = pack_exception(exc, first + len(values))
+            values.append(None)
+
+
+def _pack_values(values: list[Any], errors: dict[int, bytes], first: int) -> tuple[int, bytes]:
+    if not errors:
+        try:
+            return OK, dumps(values)
+        except Exception:
+            pass
+    # Some value does not pickle (or some item failed): send the good values and an error for each bad one.
+    good: list[Any] = []
+    for offset, value in enumerate(values):
+        if offset in errors:
+            good.append(None)
+            continue
+        try:
+            dumps(value)
+            good.append(value)
+        except Exception as exc:
+            from .errors import SerializationError
+
+            errors[offset] = dumps(("exc", SerializationError(
+                f"item #{first + offset}: the result of type {type(value).__qualname__} cannot be pickled to "
+                f"send it back ({type(exc).__name__}: {exc}). Return picklable values (plain data, arrays).",
+                what="result", index=first + offset, type_name=type(value).__qualname__, detail=str(exc)), ""))
+            good.append(None)
+    return PARTIAL, dumps((good, errors))
+
+
+class _Tracker:
+    """Writes the running item's offset and start time into the status page (only for jobs with a timeout)."""
+
+    __slots__ = ("chunk_id", "page")
+
+    def __init__(self, page: mmap.mmap, chunk_id: int) -> None:
+        self.page = page
+        self.chunk_id = chunk_id
+
+    def __call__(self, offset: int) -> None:
+        STATUS.pack_into(self.page, 0, self.chunk_id, offset, time.monotonic_ns())
+
+
+def serve(sock: socket.socket, page: mmap.mmap) -> None:
+    """The worker loop. Returns when the parent says stop, goes away, or the task budget is spent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    init = ch.recv_frame(sock)
+    if init is None:
+        return
+    initializer, initargs, max_tasks = loads(init.body)
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException as exc:
+            ch.send_frame(sock, ch.INIT_FAILED, 0, os.getpid(), 0, pack_exception(exc, None))
+            return
+    ch.send_frame(sock, ch.READY, 0, os.getpid(), 0)
+    functions: dict[int, Callable[..., Any]] = {}
+    done = 0
+    while True:
+        frame = ch.recv_frame(sock)
+        if frame is None or frame.kind == ch.STOP:
+            return
+        fn_len, track = frame.b >> 1, frame.b & 1
+        body = memoryview(frame.body)
+        if fn_len:
+            functions[frame.a] = loads(body[:fn_len])
+            if len(functions) > FUNCTION_CACHE:
+                del functions[next(iter(functions))]
+        fn = functions[frame.a]
+        # Written before unpickling, so a worker that dies even there is known to have been on this chunk.
+        STATUS.pack_into(page, 0, frame.chunk_id, 0, time.monotonic_ns())
+        started = time.perf_counter_ns()
+        first, data = loads(body[fn_len:])
+        tracker = _Tracker(page, frame.chunk_id) if track else None
+        if frame.kind == ch.CALL:
+            args, kwargs = data[0]
+            values, errors = _run_items(lambda _: fn(*args, **kwargs), (None,), False, first, tracker)
+        else:
+            values, errors = _run_items(fn, data, frame.kind == ch.STARMAP, first, tracker)
+        elapsed = time.perf_counter_ns() - started
+        status, blob = _pack_values(values, errors, first)
+        STATUS.pack_into(page, 0, 0, 0, 0)
+        ch.send_frame(sock, ch.RESULT, frame.chunk_id, elapsed, status, blob)
+        done += 1
+        if max_tasks and done >= max_tasks:
+            return
+
+
+def run_in_child(sock_fd: int, status_fd: int) -> None:
+    """Entry point in a freshly forked or spawned worker: map the status page, serve, exit hard."""
+    code = 0
+    try:
+        sock = socket.socket(fileno=sock_fd)
+        sock.setblocking(True)
+        page = mmap.mmap(status_fd, STATUS_SIZE)
+        os.close(status_fd)
+        serve(sock, page)
+    except BaseException:
+        code = 1
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        # Skip interpreter teardown: atexit handlers and buffers inherited from the parent are not ours to run.
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def spawn_main(sock_fd: int, status_fd: int, sys_path: list[str]) -> None:
+    """Entry point of a worker started as a fresh interpreter (start_method="spawn")."""
+    sys.path[:] = sys_path
+    set_parent_death_signal()
+    run_in_child(sock_fd, status_fd)

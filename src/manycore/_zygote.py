@@ -1,0 +1,92 @@
+"""The fork server: a clean, single-threaded interpreter whose only job is to fork workers on request.
+
+Forking the user's process is fast but unsafe once it runs threads (ours included); starting a fresh interpreter
+per worker is safe but slow. The zygote gives both: it is started once per pool as a fresh interpreter, and
+forks each worker (a few milliseconds) from its own single-threaded state. It never imports user code.
+
+Protocol on its SOCK_SEQPACKET control socket (one message per packet):
+
+    parent -> zygote   b"W" + worker id, with two file descriptors (worker socket, status page) attached
+    zygote -> parent   ("F", worker id, pid) after a fork;  ("X", pid, exit code) after reaping a worker
+
+When the control socket reports EOF the parent is gone (closed, crashed or SIGKILLed): the zygote kills every
+worker it forked and exits, so no worker outlives its parent. Workers also get PR_SET_PDEATHSIG, so they die
+with the zygote itself.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+
+MESSAGE = struct.Struct("<cqq")
+
+
+def main(ctrl_fd: int, sys_path: list[str]) -> None:
+    sys.path[:] = sys_path
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ctrl = socket.socket(fileno=ctrl_fd)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    # A Python-level handler is needed for set_wakeup_fd to be poked on SIGCHLD.
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    from . import _worker  # imported once here so every forked worker has it already
+
+    children: set[int] = set()
+    try:
+        while True:
+            ready, _, _ = select.select([ctrl, wake_r], [], [])
+            if wake_r in ready:
+                os.read(wake_r, 4096)
+            if ctrl in ready:
+                msg, fds, _, _ = socket.recv_fds(ctrl, 64, 2)
+                if not msg:
+                    break
+                wid = struct.unpack("<q", msg[1:9])[0]
+                pid = os.fork()
+                if pid == 0:
+                    ctrl.close()
+                    os.close(wake_r)
+                    os.close(wake_w)
+                    signal.set_wakeup_fd(-1)
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    _worker.set_parent_death_signal()
+                    _worker.run_in_child(fds[0], fds[1])
+                for fd in fds:
+                    os.close(fd)
+                children.add(pid)
+                ctrl.send(MESSAGE.pack(b"F", wid, pid))
+            _reap(ctrl, children)
+    finally:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in children:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def _reap(ctrl: socket.socket, children: set[int]) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        children.discard(pid)
+        try:
+            ctrl.send(MESSAGE.pack(b"X", pid, os.waitstatus_to_exitcode(status)))
+        except OSError:
+            return
+
+

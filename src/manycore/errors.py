@@ -1,0 +1,126 @@
+"""Exceptions raised by manycore, each a subclass of the standard exception that code already catches.
+
+The hierarchy::
+
+    ManycoreError
+     ├── WorkerLostError        (also concurrent.futures.process.BrokenProcessPool)
+     ├── TaskTimeoutError       (also multiprocessing.TimeoutError, hence TimeoutError on 3.11+)
+     ├── SerializationError     (also multiprocessing.pool.MaybeEncodingError)
+     ├── InitializerError       (also BrokenProcessPool: no worker can start)
+     └── PoolClosedError        (also ValueError, as multiprocessing.Pool raises after close())
+
+    RemoteTraceback             the worker-side traceback, attached as ``__cause__`` of a task's exception
+
+A task that raises gives the caller the task's own exception (same type, same message); manycore only adds the
+worker's traceback as its cause, so ``except ValueError`` keeps working and printing shows where it failed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.pool
+from concurrent.futures.process import BrokenProcessPool
+
+__all__ = [
+    "InitializerError",
+    "ManycoreError",
+    "PoolClosedError",
+    "RemoteTraceback",
+    "SerializationError",
+    "TaskTimeoutError",
+    "WorkerLostError",
+]
+
+
+class ManycoreError(Exception):
+    """Root of the errors that manycore itself raises (a task's own exceptions keep their type)."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the text of a traceback formatted in the worker; shown as the cause of the task's error."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
+
+
+class WorkerLostError(ManycoreError, BrokenProcessPool):
+    """The worker process died while it was running this item (SIGKILL, segfault, ``os._exit``, OOM kill).
+
+    Attributes: ``index`` (the item's position in the input, or None for a single call), ``pid``,
+    ``exitcode`` (negative for a signal, as in ``multiprocessing``) and ``signal_name`` (e.g. ``"SIGKILL"``).
+    Only this item fails; the pool replaces the worker and every other item still runs.
+    """
+
+    def __init__(self, message: str, *, index: int | None = None, pid: int | None = None,
+                 exitcode: int | None = None, signal_name: str | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal_name = signal_name
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class TaskTimeoutError(ManycoreError, multiprocessing.TimeoutError):
+    """An item ran longer than ``task_timeout`` seconds; its worker was killed and replaced.
+
+    Attributes: ``index`` (position in the input) and ``timeout`` (the limit, seconds).
+    """
+
+    def __init__(self, message: str, *, index: int | None = None, timeout: float | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class SerializationError(ManycoreError, multiprocessing.pool.MaybeEncodingError):
+    """Something could not be pickled or unpickled: the function, an argument, a result or an exception.
+
+    Attributes: ``what`` (``"function"``, ``"argument"``, ``"result"`` or ``"exception"``), ``index`` (the item,
+    when known), ``type_name`` (the type that failed) and ``detail`` (the pickling error, or for an exception
+    that could not travel, its original type, message and traceback text).
+    """
+
+    def __init__(self, message: str, *, what: str = "", index: int | None = None, type_name: str = "",
+                 detail: str = "") -> None:
+        # MaybeEncodingError.__init__ wants (exc, value) and formats its own message; we keep ours.
+        Exception.__init__(self, message)
+        self.exc = message
+        self.value = type_name
+        self.what = what
+        self.index = index
+        self.type_name = type_name
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __repr__(self) -> str:
+        return f"SerializationError({self.args[0]!r})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class InitializerError(ManycoreError, BrokenProcessPool):
+    """The pool's ``initializer`` raised in a worker, so no worker can run tasks; the cause is attached."""
+
+
+class PoolClosedError(ManycoreError, ValueError):
+    """The pool was closed or terminated and takes no new work (a ``ValueError``, like ``multiprocessing``)."""
+
+
+def _rebuild(cls: type[BaseException], args: tuple[object, ...], state: dict[str, object]) -> BaseException:
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
