@@ -247,7 +247,9 @@ class ManycoreRunner(MultiprocessingRunner):
     def sum_slices(self, bounds: list[tuple[int, int]]) -> list[float]:
         if self.w8_mode == "broadcast":
             # The task gets the handle in its arguments and receives the array itself.
-            return list(self._pool.starmap(sum_slice, [(self._handle, start, stop) for start, stop in bounds]))
+            return list(
+                self._pool.starmap(sum_slice, [(self._handle, start, stop) for start, stop in bounds])
+            )
         return super().sum_slices(bounds)
 
 
@@ -363,7 +365,7 @@ class MpireRunner(Runner):
         self._pool: Any = None
 
     def open(self, workers: int, initializer: Initializer = None, initargs: tuple[Any, ...] = ()) -> None:
-        from mpire import WorkerPool
+        from mpire import WorkerPool  # type: ignore[attr-defined]  # mpire's documented import
 
         if initializer is not None:
             raise ValueError("mpire takes shared_objects instead of an initializer")
@@ -388,7 +390,7 @@ class MpireRunner(Runner):
             self._pool = None
 
     def share(self, array: FloatArray) -> None:
-        from mpire import WorkerPool
+        from mpire import WorkerPool  # type: ignore[attr-defined]  # mpire's documented import
 
         # keep_alive so that the workers are still there when W8 measures the footprint after the map.
         self._pool = WorkerPool(n_jobs=self.workers, shared_objects=array, keep_alive=True)
@@ -613,6 +615,8 @@ WORKLOADS: dict[str, Callable[[Runner, Params], Figures]] = {
     "W7": w7_streaming,
     "W8": w8_broadcast,
 }
+
+LIBRARY_STDLIB = {"serial", "mp", "mp-fork", "ppe", "ppe1"}
 
 # The module each library needs; imported by the child before any clock starts.
 LIBRARY_MODULES: dict[str, str] = {

@@ -8,32 +8,32 @@ General layout (data flows one way, top to bottom):
 - scheduler: ``_scheduler`` (assignment, the supervisor thread, crash and timeout recovery),
   ``_chunking`` (automatic chunk sizes);
 - transport and processes: ``_channel`` (framed socket messages), ``_launch`` and ``_zygote`` (starting workers),
-  ``_serialize`` (cloudpickle, with errors that name the culprit);
+  ``_serialize`` (parent-side cloudpickle, with errors that name the culprit), ``_wire`` (worker-side pickling);
 - worker: ``_worker`` (the loop that runs chunks).
 
-``errors`` is public (``manycore.errors``); every other module is private.
+``errors`` is public (``manycore.errors``); every other module is private. Names are imported on first use
+(PEP 562), so that worker processes, which import only ``manycore._worker``, start without the API layer.
 """
 
-from . import errors as errors
-from ._api import imap as imap
-from ._api import map as map
-from ._executor import Executor as Executor
-from ._pool import Pool as Pool
-from ._results import AsyncResult as AsyncResult
-from ._results import IMapIterator as IMapIterator
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__ as __version__
-from .errors import (
-    ManycoreError as ManycoreError,
-)
-from .errors import (
-    SerializationError as SerializationError,
-)
-from .errors import (
-    TaskTimeoutError as TaskTimeoutError,
-)
-from .errors import (
-    WorkerLostError as WorkerLostError,
-)
+
+if TYPE_CHECKING:
+    from . import errors as errors
+    from ._api import imap as imap
+    from ._api import map as map
+    from ._executor import Executor as Executor
+    from ._pool import Pool as Pool
+    from ._results import AsyncResult as AsyncResult
+    from ._results import IMapIterator as IMapIterator
+    from .errors import ManycoreError as ManycoreError
+    from .errors import SerializationError as SerializationError
+    from .errors import TaskTimeoutError as TaskTimeoutError
+    from .errors import WorkerLostError as WorkerLostError
 
 __all__ = (
     "AsyncResult",
@@ -50,6 +50,32 @@ __all__ = (
     "map",
 )
 
-for _name in ("AsyncResult", "Executor", "IMapIterator", "Pool", "imap", "map"):
-    globals()[_name].__module__ = "manycore"
-del _name
+_WHERE = {
+    "AsyncResult": "._results",
+    "Executor": "._executor",
+    "IMapIterator": "._results",
+    "ManycoreError": ".errors",
+    "Pool": "._pool",
+    "SerializationError": ".errors",
+    "TaskTimeoutError": ".errors",
+    "WorkerLostError": ".errors",
+    "errors": ".errors",
+    "imap": "._api",
+    "map": "._api",
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'manycore' has no attribute {name!r}")
+    module = importlib.import_module(where, __name__)
+    value = module if name == "errors" else getattr(module, name)
+    if name in ("AsyncResult", "Executor", "IMapIterator", "Pool", "imap", "map"):
+        value.__module__ = "manycore"
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -8,7 +8,8 @@ items at the end of the input). So:
 - once chunks come back, the size targets ``TARGET_SECONDS`` of work per chunk from the average item cost
   reported by the workers (compute time only, so a busy parent does not distort it);
 - when the number of items left is known, no chunk takes more than a ``1 / (2 * workers)`` share of them
-  (guided self-scheduling), so the tail is split finely and imbalance at the end of the input is absorbed;
+  (guided self-scheduling), so the tail is split finely and imbalance at the end of the input is absorbed,
+  down to ``MIN_TAIL_SECONDS`` of work per chunk;
 - a chunk's pickled size is capped near ``MAX_CHUNK_BYTES`` so that streaming large items keeps memory flat.
 """
 
@@ -17,6 +18,8 @@ from __future__ import annotations
 import math
 
 TARGET_SECONDS = 0.010
+# The tail split never goes below this much work per chunk: finer than that, messages cost more than idle cores.
+MIN_TAIL_SECONDS = 0.002
 MAX_CHUNK_BYTES = 4 << 20
 MAX_RAMP = 1 << 20
 
@@ -24,36 +27,38 @@ MAX_RAMP = 1 << 20
 class Chunker:
     """Decides chunk sizes for one job; ``fixed`` is the user's explicit ``chunksize``."""
 
-    __slots__ = ("_bytes_per_item", "_next_ramp", "_seconds_per_item", "fixed", "workers")
+    __slots__ = ("_bytes_per_item", "_items", "_next_ramp", "_seconds", "fixed", "workers")
 
     def __init__(self, fixed: int | None, workers: int) -> None:
         self.fixed = fixed
         self.workers = max(1, workers)
-        self._seconds_per_item: float | None = None
+        self._seconds = 0.0  # decayed sums of measured compute time and of items: their ratio is the cost
+        self._items = 0.0
         self._bytes_per_item: float | None = None
         self._next_ramp = 1
 
     def next_size(self, remaining: int | None) -> int:
         if self.fixed is not None:
             return self.fixed
-        if self._seconds_per_item is None:
+        if not self._items:
             size = self._next_ramp
             self._next_ramp = min(self._next_ramp * 2, MAX_RAMP)
         else:
-            size = max(1, int(TARGET_SECONDS / max(self._seconds_per_item, 1e-9)))
+            size = max(1, int(TARGET_SECONDS * self._items / max(self._seconds, 1e-9)))
         if self._bytes_per_item:
             size = min(size, max(1, int(MAX_CHUNK_BYTES / self._bytes_per_item)))
         if remaining is not None:
-            size = min(size, max(1, math.ceil(remaining / (2 * self.workers))))
+            floor = int(MIN_TAIL_SECONDS * self._items / max(self._seconds, 1e-9)) if self._items else 1
+            size = min(size, max(1, floor, math.ceil(remaining / (2 * self.workers))))
         return max(1, size)
 
     def observe_time(self, items: int, seconds: float) -> None:
         if items <= 0:
             return
-        per_item = seconds / items
-        old = self._seconds_per_item
-        # Weighted toward recent chunks, so a job whose items get slower (or faster) is followed.
-        self._seconds_per_item = per_item if old is None else 0.5 * old + 0.5 * per_item
+        # Item-weighted, so a 1-item probe (mostly fixed overhead) barely counts next to a 5,000-item chunk;
+        # decayed, so a job whose items get slower (or faster) is followed.
+        self._seconds = 0.5 * self._seconds + seconds
+        self._items = 0.5 * self._items + items
 
     def observe_bytes(self, items: int, nbytes: int) -> None:
         if items <= 0 or self.fixed is not None:

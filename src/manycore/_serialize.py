@@ -14,17 +14,12 @@ from typing import Any
 
 import cloudpickle
 
+from ._wire import PROTOCOL, loads
 from .errors import RemoteTraceback, SerializationError
-
-PROTOCOL = 5
 
 
 def dumps(obj: object) -> bytes:
     return cloudpickle.dumps(obj, protocol=PROTOCOL)
-
-
-def loads(data: bytes | bytearray | memoryview) -> Any:
-    return pickle.loads(data)
 
 
 def _describe(obj: object, exc: BaseException) -> str:
@@ -57,18 +52,6 @@ def find_unpicklable(items: list[Any] | range, first_index: int, what: str) -> S
                 what=what, index=index, type_name=type(item).__qualname__, detail=_describe(item, exc),
             )
     return SerializationError(f"a {what} cannot be pickled", what=what)
-
-
-def pack_exception(exc: BaseException, index: int | None) -> bytes:
-    """Pickle a task's exception with its worker traceback text; fall back to a description of it."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    try:
-        return dumps(("exc", exc, tb))
-    except Exception as pickling_exc:
-        return dumps(("exc", SerializationError(
-            f"item #{index}: the task raised {type(exc).__qualname__}: {exc}, and that exception cannot be "
-            f"pickled back to the parent ({_describe(exc, pickling_exc)}). Its traceback:\n{tb}",
-            what="exception", index=index, type_name=type(exc).__qualname__, detail=tb), tb))
 
 
 def unpack_exception(blob: bytes | bytearray | memoryview) -> BaseException:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import _channel as ch
-from ._serialize import dumps, loads, pack_exception
+from ._wire import dumps, loads, pack_exception, unpicklable_result
 
 STATUS = struct.Struct("<QQQ")  # running chunk id (0 = none), item offset within it, item start (monotonic ns)
 STATUS_SIZE = mmap.PAGESIZE
@@ -83,12 +83,7 @@ def _pack_values(values: list[Any], errors: dict[int, bytes], first: int) -> tup
             dumps(value)
             good.append(value)
         except Exception as exc:
-            from .errors import SerializationError
-
-            errors[offset] = dumps(("exc", SerializationError(
-                f"item #{first + offset}: the result of type {type(value).__qualname__} cannot be pickled to "
-                f"send it back ({type(exc).__name__}: {exc}). Return picklable values (plain data, arrays).",
-                what="result", index=first + offset, type_name=type(value).__qualname__, detail=str(exc)), ""))
+            errors[offset] = unpicklable_result(value, first + offset, exc)
             good.append(None)
     return PARTIAL, dumps((good, errors))
 

@@ -44,7 +44,10 @@ def main(ctrl_fd: int, sys_path: list[str]) -> None:
             if wake_r in ready:
                 os.read(wake_r, 4096)
             if ctrl in ready:
-                msg, fds, _, _ = socket.recv_fds(ctrl, 64, 2)
+                try:
+                    msg, fds, _, _ = socket.recv_fds(ctrl, 64, 2)
+                except OSError:  # ECONNRESET: the parent closed its end with our reports unread
+                    msg = b""
                 if not msg:
                     break
                 wid = struct.unpack("<q", msg[1:9])[0]
