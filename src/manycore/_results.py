@@ -114,7 +114,7 @@ class ApplyResult(AsyncResult[T]):
     def take_locked(self) -> Chunk | None:
         return self.ready_chunks.pop() if self.ready_chunks else None
 
-    def deliver(self, first: int, values: list[Any], errors: dict[int, BaseException]) -> None:
+    def deliver(self, chunk: Chunk, values: list[Any], errors: dict[int, BaseException]) -> None:
         self._finish(values[0], errors.get(0))
 
 
@@ -142,7 +142,8 @@ class MapResult(AsyncResult[list[T]]):
         self._cursor = min(n, first + size)
         return Chunk(self, first, self._items[first:self._cursor])
 
-    def deliver(self, first: int, values: list[Any], errors: dict[int, BaseException]) -> None:
+    def deliver(self, chunk: Chunk, values: list[Any], errors: dict[int, BaseException]) -> None:
+        first = chunk.first
         with self._lock:
             if self._event.is_set():
                 return
@@ -179,7 +180,8 @@ class IMapIterator(Job, Iterator[T]):
         self._yielded = 0  # items handed to the consumer
         self._exhausted = False
         self._source_error: tuple[int, BaseException] | None = None
-        self._pieces: dict[int, tuple[list[Any], dict[int, BaseException]]] = {}
+        self._pieces: dict[int, tuple[int, list[Any], dict[int, BaseException]]] = {}
+        self._open: dict[int, int] = {}  # pulled chunks not fully handed to the consumer: origin -> items left
         self._arrivals: deque[int] = deque()  # imap_unordered: piece keys in completion order
         self._buffer: deque[tuple[Any, BaseException | None]] = deque()
         self._failure: BaseException | None = None
@@ -195,9 +197,10 @@ class IMapIterator(Job, Iterator[T]):
         """Take input up to the window, in the consumer's thread (a failing generator fails here)."""
         new: list[Chunk] = []
         while not self._exhausted and self._source_error is None:
+            with self._cond:
+                if len(self._open) >= self._window:
+                    break
             size = self.chunker.next_size(None)
-            if self._pulled - self._yielded + size > self._window * size:
-                break
             items: list[Any] = []
             try:
                 # extend() keeps the items read before a generator raises.
@@ -208,6 +211,8 @@ class IMapIterator(Job, Iterator[T]):
                 self._exhausted = True
             if items:
                 new.append(Chunk(self, self._pulled, items))
+                with self._cond:
+                    self._open[self._pulled] = len(items)
                 self._pulled += len(items)
         if new:
             self.queued.extend(new)
@@ -258,7 +263,12 @@ class IMapIterator(Job, Iterator[T]):
             piece = self._pieces.pop(self._arrivals.popleft()) if self._arrivals else None
         if piece is None:
             return False
-        values, errors = piece
+        origin, values, errors = piece
+        left = self._open[origin] - len(values)
+        if left:
+            self._open[origin] = left
+        else:
+            del self._open[origin]
         self._buffer.extend((v, errors.get(k)) for k, v in enumerate(values))
         return True
 
@@ -277,10 +287,10 @@ class IMapIterator(Job, Iterator[T]):
 
     # ---- the scheduler side ------------------------------------------------------------------------------
 
-    def deliver(self, first: int, values: list[Any], errors: dict[int, BaseException]) -> None:
+    def deliver(self, chunk: Chunk, values: list[Any], errors: dict[int, BaseException]) -> None:
         with self._cond:
-            self._pieces[first] = (values, errors)
-            self._arrivals.append(first)
+            self._pieces[chunk.first] = (chunk.origin, values, errors)
+            self._arrivals.append(chunk.first)
             self._cond.notify_all()
         if self._bar is not None:
             self._bar.update(len(values))
@@ -312,7 +322,7 @@ class FutureJob(Job):
         self.scheduler.job_finished_locked(self)
         return False
 
-    def deliver(self, first: int, values: list[Any], errors: dict[int, BaseException]) -> None:
+    def deliver(self, chunk: Chunk, values: list[Any], errors: dict[int, BaseException]) -> None:
         if 0 in errors:
             self._settle(None, errors[0])
         else:

@@ -69,17 +69,21 @@ class State(enum.Enum):
 class Chunk:
     """Consecutive items of one job, sent and answered as one message."""
 
-    __slots__ = ("cid", "first", "items", "job", "payload")
+    __slots__ = ("cid", "first", "items", "job", "origin", "payload")
 
-    def __init__(self, job: Job, first: int, items: Sequence[Any]) -> None:
+    def __init__(self, job: Job, first: int, items: Sequence[Any], origin: int | None = None) -> None:
         self.cid = 0
         self.job = job
         self.first = first  # index of items[0] in the job's input
         self.items = items
+        self.origin = first if origin is None else origin  # ``first`` of the chunk this one was split from
         self.payload: bytes | None = None
 
+    def part(self, start: int, stop: int) -> Chunk:
+        return Chunk(self.job, self.first + start, self.items[start:stop], self.origin)
+
     def solos(self) -> list[Chunk]:
-        return [Chunk(self.job, self.first + k, self.items[k:k + 1]) for k in range(len(self.items))]
+        return [self.part(k, k + 1) for k in range(len(self.items))]
 
 
 class _FunctionCache:
@@ -132,7 +136,8 @@ class Job:
         return True
 
     # Called without the scheduler lock, from the supervisor or the sending thread.
-    def deliver(self, first: int, values: list[Any], errors: dict[int, BaseException]) -> None:
+    def deliver(self, chunk: Chunk, values: list[Any], errors: dict[int, BaseException]) -> None:
+        """Results for ``chunk`` (possibly a part of a chunk split after a crash); errors by offset."""
         raise NotImplementedError
 
     def fail_all(self, exc: BaseException) -> None:
@@ -384,7 +389,7 @@ class Scheduler:
             else:
                 assignments = []
         if len(chunk.items) == 1:
-            chunk.job.deliver(chunk.first, [None], {0: find_unpicklable(chunk.items, chunk.first, what)})
+            chunk.job.deliver(chunk, [None], {0: find_unpicklable(chunk.items, chunk.first, what)})
         self._send(assignments)
 
     def _wake(self) -> None:
@@ -489,7 +494,7 @@ class Scheduler:
                     f"unpickled in the parent ({type(exc).__name__}: {exc})",
                     what="result", index=chunk.first, detail=str(exc))
                 values, errors = [None] * len(chunk.items), dict.fromkeys(range(len(chunk.items)), err)
-            job.deliver(chunk.first, values, errors)
+            job.deliver(chunk, values, errors)
 
     # ---- workers coming and going (supervisor thread) ------------------------------------------------------
 
@@ -573,7 +578,7 @@ class Scheduler:
 
     def _recover(self, w: Worker, exitcode: int | None) -> None:
         """Re-run what a lost worker held; fail (or retry) the one item it was running."""
-        failures: list[tuple[Job, int, BaseException]] = []
+        failures: list[tuple[Chunk, BaseException]] = []
         with self._lock:
             if w.timed_out is not None:
                 cid, offset = w.timed_out
@@ -592,28 +597,31 @@ class Scheduler:
                     requeue.extend(chunk.solos())
                 else:
                     index = chunk.first + offset
-                    before, after = chunk.items[:offset], chunk.items[offset + 1:]
-                    if len(before):
-                        requeue.append(Chunk(chunk.job, chunk.first, before))
+                    if offset:
+                        requeue.append(chunk.part(0, offset))
+                    culprit = chunk.part(offset, offset + 1)
                     tries = chunk.job.attempts[index] = chunk.job.attempts.get(index, 0) + 1
                     if tries <= chunk.job.retries:
-                        requeue.append(Chunk(chunk.job, index, chunk.items[offset:offset + 1]))
+                        requeue.append(culprit)
                     else:
-                        failures.append((chunk.job, index, self._loss_error(w, exitcode, chunk, index)))
-                    if len(after):
-                        requeue.append(Chunk(chunk.job, index + 1, after))
+                        failures.append((culprit, self._loss_error(w, exitcode, chunk, index)))
+                    if offset + 1 < len(chunk.items):
+                        requeue.append(chunk.part(offset + 1, len(chunk.items)))
             w.inflight.clear()
             self._retry.extendleft(reversed(requeue))
             assignments = self._assign_locked()
         self._send(assignments)
-        for job, index, exc in failures:
-            job.deliver(index, [None], {0: exc})
+        for culprit, exc in failures:
+            culprit.job.deliver(culprit, [None], {0: exc})
 
     def _loss_error(self, w: Worker, exitcode: int | None, chunk: Chunk, index: int) -> BaseException:
+        single = chunk.job.kind == ch.CALL
+        what = "the call" if single else f"item #{index}"
         if w.timed_out is not None:
             limit = chunk.job.task_timeout
-            return TaskTimeoutError(f"item #{index} ran longer than task_timeout={limit} s; its worker "
-                                    f"(pid {w.pid}) was killed and replaced", index=index, timeout=limit)
+            return TaskTimeoutError(f"{what} ran longer than task_timeout={limit} s; its worker "
+                                    f"(pid {w.pid}) was killed and replaced",
+                                    index=None if single else index, timeout=limit)
         signame = None
         if exitcode is not None and exitcode < 0:
             with contextlib.suppress(ValueError):
@@ -622,8 +630,9 @@ class Scheduler:
                f"exited with code {exitcode}" if exitcode is not None else "exited (exit code unknown)")
         hint = {"SIGKILL": " (killed from outside, or by the out-of-memory killer)",
                 "SIGSEGV": " (a segmentation fault, usually in C code)"}.get(signame or "", "")
-        return WorkerLostError(f"the worker process (pid {w.pid}) running item #{index} {how}{hint}",
-                               index=index, pid=w.pid, exitcode=exitcode, signal_name=signame)
+        return WorkerLostError(f"the worker process (pid {w.pid}) running {what} {how}{hint}",
+                               index=None if single else index, pid=w.pid, exitcode=exitcode,
+                               signal_name=signame)
 
     def _break(self, error: BaseException, cause: BaseException | None) -> None:
         error.__cause__ = cause

@@ -1,0 +1,1 @@
+"""Fault-injection tests: real processes, real signals, real crashes."""

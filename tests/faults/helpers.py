@@ -1,0 +1,72 @@
+"""Process bookkeeping for the fault tests: which processes are alive, and waiting for them to go."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+
+import psutil
+
+
+def is_alive(proc: psutil.Process) -> bool:
+    """True while the process runs (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def live_descendants(pid: int | None = None) -> list[psutil.Process]:
+    """Live children of `pid` (default: this process), recursively."""
+    try:
+        root = psutil.Process(pid if pid is not None else os.getpid())
+        kids = root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return [p for p in kids if is_alive(p)]
+
+
+def child_pids() -> set[int]:
+    return {p.pid for p in live_descendants()}
+
+
+def wait_gone(procs: Iterable[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to `timeout` seconds for the processes to end; returns those still alive."""
+    procs = list(procs)
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in procs if is_alive(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.02)
+
+
+def new_children(before: set[int], grace: float = 0.0) -> list[psutil.Process]:
+    """Descendants of this process that did not exist in `before` and are still alive after `grace` seconds."""
+    deadline = time.monotonic() + grace
+    while True:
+        extra = [p for p in live_descendants() if p.pid not in before]
+        if not extra or time.monotonic() >= deadline:
+            return extra
+        time.sleep(0.02)
+
+
+def describe(procs: Iterable[psutil.Process]) -> str:
+    out = []
+    for p in procs:
+        try:
+            out.append(f"pid {p.pid} {p.status()} {' '.join(p.cmdline())[:120]!r}")
+        except psutil.Error:
+            out.append(f"pid {p.pid} (gone)")
+    return "; ".join(out)
+
+
+def wait_for_files(paths: Iterable[str], timeout: float) -> bool:
+    paths = list(paths)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(os.path.exists(p) for p in paths):
+            return True
+        time.sleep(0.01)
+    return False
