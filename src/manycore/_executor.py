@@ -8,6 +8,7 @@ where ``ProcessPoolExecutor`` breaks for good and fails every pending future.
 from __future__ import annotations
 
 import concurrent.futures
+import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -111,7 +112,7 @@ def _results_until(it: IMapIterator[R], deadline: float | None) -> Iterator[R]:
                 yield it.next(left)
             except StopIteration:
                 return
-            except TimeoutError as exc:
+            except multiprocessing.TimeoutError as exc:
                 raise concurrent.futures.TimeoutError() from exc
     finally:
         it.close()

@@ -1,0 +1,52 @@
+"""The automatic chunk-size policy, unit-tested without processes."""
+
+from __future__ import annotations
+
+from manycore._chunking import MAX_CHUNK_BYTES, TARGET_SECONDS, Chunker
+
+
+def test_fixed_chunksize_is_respected() -> None:
+    c = Chunker(7, workers=2)
+    assert [c.next_size(100), c.next_size(None), c.next_size(3)] == [7, 7, 7]
+
+
+def test_ramp_before_any_measurement() -> None:
+    c = Chunker(None, workers=2)
+    assert [c.next_size(None) for _ in range(5)] == [1, 2, 4, 8, 16]
+
+
+def test_size_targets_the_time_budget_from_measured_cost() -> None:
+    c = Chunker(None, workers=2)
+    c.observe_time(10_000, 10_000 * 1e-6)  # 1 µs per item
+    assert c.next_size(None) == int(TARGET_SECONDS / 1e-6)
+
+
+def test_a_one_item_probe_hardly_moves_the_estimate() -> None:
+    c = Chunker(None, workers=2)
+    c.observe_time(1, 1e-3)  # mostly fixed overhead
+    c.observe_time(10_000, 10_000 * 1e-7)
+    assert c.next_size(None) > 0.5 * TARGET_SECONDS / 1e-7 * 0.5
+
+
+def test_slow_items_get_one_per_chunk() -> None:
+    c = Chunker(None, workers=2)
+    c.observe_time(1, 0.2)
+    assert c.next_size(1000) == 1
+
+
+def test_tail_is_split_across_workers() -> None:
+    c = Chunker(None, workers=2)
+    c.observe_time(100, 100 * 0.005)  # 5 ms items: the time budget alone allows 2 per chunk
+    assert c.next_size(4) == 1
+    c = Chunker(None, workers=2)
+    c.observe_time(1000, 1000 * 1e-6)
+    assert c.next_size(1_000_000) == int(TARGET_SECONDS / 1e-6)
+    assert c.next_size(4000) == 2000  # floor: 2 ms of work, more than a quarter of 4,000 items
+    assert c.next_size(40_000) == 10_000  # a quarter of what is left
+
+
+def test_large_items_cap_the_chunk_bytes() -> None:
+    c = Chunker(None, workers=2)
+    c.observe_time(1000, 1000 * 1e-7)
+    c.observe_bytes(100, 100 * 1024)
+    assert c.next_size(None) == MAX_CHUNK_BYTES // 1024
