@@ -8,10 +8,11 @@ import signal
 import time
 
 import pytest
-from tasks import add, fail_on, sleep_return, square
 
 import manycore
 from manycore.errors import WorkerLostError
+
+from tasks import add, fail_on, sleep_return, square
 
 pytestmark = pytest.mark.timeout(60)
 

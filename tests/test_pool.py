@@ -10,10 +10,11 @@ import time
 import traceback
 
 import pytest
-from tasks import add, fail_on, init_state, nested_fail, pid, read_state, sleep_return, slow_identity, square
 
 import manycore
 from manycore.errors import InitializerError, PoolClosedError
+
+from tasks import add, fail_on, init_state, nested_fail, pid, read_state, sleep_return, slow_identity, square
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -109,7 +110,9 @@ def test_callbacks_run_once_with_the_result(pool: manycore.Pool) -> None:
     assert got == [[0, 1, 4, 9, 16]] and errors == []
 
     failed = threading.Event()
-    pool.apply_async(fail_on, (3,), callback=got.append, error_callback=lambda e: (errors.append(e), failed.set()))
+    pool.apply_async(
+        fail_on, (3,), callback=got.append, error_callback=lambda e: (errors.append(e), failed.set())
+    )
     assert failed.wait(10)
     assert len(errors) == 1 and isinstance(errors[0], ValueError)
 
@@ -165,7 +168,7 @@ def test_generator_that_raises_midway(pool: manycore.Pool) -> None:
     got: list[int] = []
     with pytest.raises(RuntimeError, match="source broke"):
         for value in pool.imap(square, gen()):
-            got.append(value)
+            got.append(value)  # noqa: PERF402 (the loop must run item by item until the raise)
     assert got == [1, 4]
 
 
@@ -305,7 +308,9 @@ def test_progress_bar_counts_every_item(pool: manycore.Pool, capsys: pytest.Capt
     assert "50it" in capsys.readouterr().err.replace(" ", "").replace("item", "it")
 
 
-def test_progress_is_quiet_when_not_a_terminal(pool: manycore.Pool, capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_is_quiet_when_not_a_terminal(
+    pool: manycore.Pool, capsys: pytest.CaptureFixture[str]
+) -> None:
     pool.map(square, range(10), progress=True)
     assert capsys.readouterr().err == ""
 

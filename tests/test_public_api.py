@@ -36,8 +36,10 @@ def test_errors_subclass_the_standard_exceptions() -> None:
 
 
 def test_import_is_light() -> None:
-    code = ("import sys, manycore; heavy = [m for m in ('numpy', 'dask', 'ray', 'joblib', 'tqdm', "
-            "'cloudpickle', 'multiprocessing.pool') if m in sys.modules]; print(heavy)")
+    code = (
+        "import sys, manycore; heavy = [m for m in ('numpy', 'dask', 'ray', 'joblib', 'tqdm', "
+        "'cloudpickle', 'multiprocessing.pool') if m in sys.modules]; print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -8,11 +8,15 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from tasks import init_state, read_state, square
 
 import manycore
 
-pytestmark = [pytest.mark.timeout(90), pytest.mark.filterwarnings("ignore:This process.*fork:DeprecationWarning")]
+from tasks import init_state, read_state, square
+
+pytestmark = [
+    pytest.mark.timeout(90),
+    pytest.mark.filterwarnings("ignore:This process.*fork:DeprecationWarning"),
+]
 
 SCRIPT = """
 import dataclasses
@@ -41,8 +45,12 @@ with manycore.Pool(processes=2, start_method={method!r}) as pool:
 def test_script_without_main_guard(tmp_path: Path, start_method: str) -> None:
     script = tmp_path / "user_script.py"
     script.write_text(textwrap.dedent(SCRIPT.format(method=start_method)))
-    run = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", str(script)],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0] == "[1, 4, 9, 16, 25]"

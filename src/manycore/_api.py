@@ -11,9 +11,17 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def map(fn: Callable[[T], R], iterable: Iterable[T], *, workers: int | None = None, ordered: bool = True,
-        progress: bool | str = False, chunksize: int | str = "auto", start_method: str | None = None,
-        **options: Any) -> list[R]:
+def map(
+    fn: Callable[[T], R],
+    iterable: Iterable[T],
+    *,
+    workers: int | None = None,
+    ordered: bool = True,
+    progress: bool | str = False,
+    chunksize: int | str = "auto",
+    start_method: str | None = None,
+    **options: Any,
+) -> list[R]:
     """Apply ``fn`` to every item on all cores and return the list of results.
 
     >>> import manycore
@@ -29,9 +37,17 @@ def map(fn: Callable[[T], R], iterable: Iterable[T], *, workers: int | None = No
         return list(pool.imap_unordered(fn, iterable, chunksize, progress=progress, **options))
 
 
-def imap(fn: Callable[[T], R], iterable: Iterable[T], *, workers: int | None = None, ordered: bool = True,
-         progress: bool | str = False, chunksize: int | str = "auto", start_method: str | None = None,
-         **options: Any) -> Iterator[R]:
+def imap(
+    fn: Callable[[T], R],
+    iterable: Iterable[T],
+    *,
+    workers: int | None = None,
+    ordered: bool = True,
+    progress: bool | str = False,
+    chunksize: int | str = "auto",
+    start_method: str | None = None,
+    **options: Any,
+) -> Iterator[R]:
     """Lazily apply ``fn`` to the items on all cores; results as they are consumed.
 
     The pool lives as long as the iteration: it stops when the results are exhausted or the iterator is closed.

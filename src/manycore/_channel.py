@@ -96,9 +96,9 @@ class ParentChannel:
         while True:
             try:
                 if self._body is None:
-                    n = sock.recv_into(memoryview(self._head)[self._head_got:])
+                    n = sock.recv_into(memoryview(self._head)[self._head_got :])
                     if n == 0:
-                        return None if not frames else frames
+                        return frames or None
                     self._head_got += n
                     if self._head_got < HEADER.size:
                         continue
@@ -110,16 +110,16 @@ class ParentChannel:
                     if length:
                         continue
                 else:
-                    n = sock.recv_into(memoryview(self._body)[self._body_got:])
+                    n = sock.recv_into(memoryview(self._body)[self._body_got :])
                     if n == 0:
-                        return None if not frames else frames
+                        return frames or None
                     self._body_got += n
                     if self._body_got < len(self._body):
                         continue
             except (BlockingIOError, InterruptedError):
                 return frames
             except OSError:
-                return None if not frames else frames
+                return frames or None
             frames.append(Frame(*self._parsed, self._body))
             self._body = None
 

@@ -30,25 +30,37 @@ class Executor(concurrent.futures.Executor):
     42
     """
 
-    def __init__(self, max_workers: int | None = None, mp_context: Any = None,
-                 initializer: Callable[..., object] | None = None, initargs: tuple[Any, ...] = (),
-                 *, max_tasks_per_child: int | None = None, start_method: str | None = None,
-                 retries: int = 0, task_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        start_method: str | None = None,
+        retries: int = 0,
+        task_timeout: float | None = None,
+    ) -> None:
         n = opt.processes(max_workers, "max_workers")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         self._retries = opt.retries(retries)
         self._task_timeout = opt.timeout(task_timeout, "task_timeout")
         self._scheduler = Scheduler(
-            n, initializer=initializer, initargs=initargs,
+            n,
+            initializer=initializer,
+            initargs=initargs,
             max_tasks_per_worker=opt.max_tasks(max_tasks_per_child, "max_tasks_per_child"),
-            start_method=opt.start_method(start_method, mp_context))
+            start_method=opt.start_method(start_method, mp_context),
+        )
         self._jobs: list[FutureJob] = []
 
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[R]:
         opt.function(fn, "fn")
-        job = FutureJob(self._scheduler, fn, args, kwargs, task_timeout=self._task_timeout,
-                        retries=self._retries)
+        job = FutureJob(
+            self._scheduler, fn, args, kwargs, task_timeout=self._task_timeout, retries=self._retries
+        )
         try:
             self._scheduler.submit(job)
         except PoolClosedError:
@@ -58,8 +70,14 @@ class Executor(concurrent.futures.Executor):
         self._jobs.append(job)
         return job.future
 
-    def map(self, fn: Callable[..., R], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int | str = "auto", **options: Any) -> Iterator[R]:
+    def map(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | str = "auto",
+        **options: Any,
+    ) -> Iterator[R]:
         """Lazy, ordered ``fn(*args)`` over zipped iterables; input is read as results are consumed.
 
         ``timeout`` counts from this call, as in ``concurrent.futures``; ``chunksize`` defaults to automatic.
@@ -71,10 +89,16 @@ class Executor(concurrent.futures.Executor):
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
         it: IMapIterator[R] = IMapIterator(
-            self._scheduler, fn, zip(*iterables), star=True, ordered=True,
-            on_error=opt.on_error(options.get("on_error", "raise")), chunksize=opt.chunksize(chunksize),
+            self._scheduler,
+            fn,
+            zip(*iterables),
+            star=True,
+            ordered=True,
+            on_error=opt.on_error(options.get("on_error", "raise")),
+            chunksize=opt.chunksize(chunksize),
             task_timeout=opt.timeout(options.get("task_timeout", self._task_timeout), "task_timeout"),
-            retries=opt.retries(options.get("retries", self._retries)))
+            retries=opt.retries(options.get("retries", self._retries)),
+        )
         try:
             self._scheduler.submit(it, counted=False)
         except PoolClosedError:
@@ -116,6 +140,3 @@ def _results_until(it: IMapIterator[R], deadline: float | None) -> Iterator[R]:
                 raise concurrent.futures.TimeoutError() from exc
     finally:
         it.close()
-
-
-

@@ -14,6 +14,7 @@ an ``if __name__ == "__main__":`` guard work with every method.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -40,7 +41,9 @@ class Launcher:
     def __init__(self) -> None:
         self.exits: dict[int, int] = {}
 
-    def start(self, wid: int, child: socket.socket, status_fd: int, close_in_child: Iterable[int]) -> int | None:
+    def start(
+        self, wid: int, child: socket.socket, status_fd: int, close_in_child: Iterable[int]
+    ) -> int | None:
         raise NotImplementedError
 
     def poll(self, pid: int) -> int | None:
@@ -56,15 +59,15 @@ class Launcher:
 
 
 class ForkLauncher(Launcher):
-    def start(self, wid: int, child: socket.socket, status_fd: int, close_in_child: Iterable[int]) -> int | None:
+    def start(
+        self, wid: int, child: socket.socket, status_fd: int, close_in_child: Iterable[int]
+    ) -> int | None:
         pid = os.fork()
         if pid == 0:
             # The child must not hold other workers' parent ends, or their EOF would never be seen.
             for fd in close_in_child:
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
             _worker.set_parent_death_signal()
             _worker.run_in_child(child.detach(), status_fd)
         return pid
@@ -84,9 +87,13 @@ class SpawnLauncher(Launcher):
         super().__init__()
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
 
-    def start(self, wid: int, child: socket.socket, status_fd: int, close_in_child: Iterable[int]) -> int | None:
-        code = (f"from manycore._worker import spawn_main; "
-                f"spawn_main({child.fileno()}, {status_fd}, {json.dumps(sys.path)})")
+    def start(
+        self, wid: int, child: socket.socket, status_fd: int, close_in_child: Iterable[int]
+    ) -> int | None:
+        code = (
+            f"from manycore._worker import spawn_main; "
+            f"spawn_main({child.fileno()}, {status_fd}, {json.dumps(sys.path)})"
+        )
         proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(child.fileno(), status_fd))
         self._procs[proc.pid] = proc
         return proc.pid
@@ -108,16 +115,21 @@ class ForkServerLauncher(Launcher):
         code = "from manycore._zygote import main; import sys, json; main(int(sys.argv[1]), json.loads(sys.argv[2]))"
         self._proc = subprocess.Popen(
             [sys.executable, "-c", code, str(theirs.fileno()), json.dumps(sys.path)],
-            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
         )
         theirs.close()
         self._ctrl.setblocking(False)
         self.control_fd = self._ctrl.fileno()
 
-    def start(self, wid: int, child: socket.socket, status_fd: int, close_in_child: Iterable[int]) -> int | None:
+    def start(
+        self, wid: int, child: socket.socket, status_fd: int, close_in_child: Iterable[int]
+    ) -> int | None:
         self._ctrl.setblocking(True)
         try:
-            socket.send_fds(self._ctrl, [b"W" + wid.to_bytes(8, "little", signed=True)], [child.fileno(), status_fd])
+            socket.send_fds(
+                self._ctrl, [b"W" + wid.to_bytes(8, "little", signed=True)], [child.fileno(), status_fd]
+            )
         finally:
             self._ctrl.setblocking(False)
         return None  # the pid arrives later as an "F" message

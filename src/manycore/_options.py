@@ -44,7 +44,7 @@ def chunksize(value: object) -> int | None:
 def on_error(value: object) -> OnError:
     if value not in ("raise", "return"):
         raise ValueError(f'on_error must be "raise" or "return", not {value!r}')
-    return value  # type: ignore[return-value]
+    return "raise" if value == "raise" else "return"
 
 
 def retries(value: object) -> int:

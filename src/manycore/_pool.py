@@ -9,7 +9,7 @@ workers; extra keyword options (``progress``, ``on_error``, ``retries``, ``task_
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -51,22 +51,41 @@ class Pool:
     - ``retries``, ``task_timeout``, ``on_error``: defaults for every map/imap/starmap call, see ``map``.
     """
 
-    def __init__(self, processes: int | None = None, initializer: Callable[..., object] | None = None,
-                 initargs: Sequence[Any] = (), maxtasksperchild: int | None = None, context: Any = None,
-                 *, start_method: str | None = None, max_tasks_per_worker: int | None = None,
-                 retries: int = 0, task_timeout: float | None = None, on_error: str = "raise") -> None:
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Sequence[Any] = (),
+        maxtasksperchild: int | None = None,
+        context: Any = None,
+        *,
+        start_method: str | None = None,
+        max_tasks_per_worker: int | None = None,
+        retries: int = 0,
+        task_timeout: float | None = None,
+        on_error: str = "raise",
+    ) -> None:
         n = opt.processes(processes)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         if maxtasksperchild is not None and max_tasks_per_worker is not None:
             raise TypeError("pass maxtasksperchild or max_tasks_per_worker, not both")
-        max_tasks = opt.max_tasks(maxtasksperchild if max_tasks_per_worker is None else max_tasks_per_worker,
-                                  "maxtasksperchild")
-        self._defaults = {"retries": opt.retries(retries), "task_timeout": opt.timeout(task_timeout, "task_timeout"),
-                          "on_error": opt.on_error(on_error)}
+        max_tasks = opt.max_tasks(
+            maxtasksperchild if max_tasks_per_worker is None else max_tasks_per_worker, "maxtasksperchild"
+        )
+        self._defaults = {
+            "retries": opt.retries(retries),
+            "task_timeout": opt.timeout(task_timeout, "task_timeout"),
+            "on_error": opt.on_error(on_error),
+        }
         self._processes = n
-        self._scheduler = Scheduler(n, initializer=initializer, initargs=initargs, max_tasks_per_worker=max_tasks,
-                                    start_method=opt.start_method(start_method, context))
+        self._scheduler = Scheduler(
+            n,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks_per_worker=max_tasks,
+            start_method=opt.start_method(start_method, context),
+        )
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
@@ -92,23 +111,28 @@ class Pool:
         self._check_running()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         # As multiprocessing.Pool: leaving the block terminates (it never waits for stray work).
         self.terminate()
 
     def __del__(self) -> None:
         scheduler = getattr(self, "_scheduler", None)
         if scheduler is not None and scheduler.state is State.RUNNING:
-            warnings.warn(f"unclosed running manycore pool {self!r}", ResourceWarning, source=self, stacklevel=1)
+            warnings.warn(
+                f"unclosed running manycore pool {self!r}", ResourceWarning, source=self, stacklevel=1
+            )
             scheduler.terminate()
 
     def __reduce__(self) -> Any:
         raise NotImplementedError("pool objects cannot be passed between processes or pickled")
 
     def __repr__(self) -> str:
-        return (f"<manycore.Pool state={self._scheduler.state.value} processes={self._processes} "
-                f"start_method={self._scheduler.start_method!r}>")
+        return (
+            f"<manycore.Pool state={self._scheduler.state.value} processes={self._processes} "
+            f"start_method={self._scheduler.start_method!r}>"
+        )
 
     def statistics(self) -> dict[str, int]:
         """A snapshot: live workers, chunks in flight, jobs not finished."""
@@ -120,35 +144,65 @@ class Pool:
 
     # ---- single calls --------------------------------------------------------------------------------------
 
-    def apply(self, func: Callable[..., R], args: Sequence[Any] = (), kwds: Mapping[str, Any] | None = None) -> R:
+    def apply(
+        self, func: Callable[..., R], args: Sequence[Any] = (), kwds: Mapping[str, Any] | None = None
+    ) -> R:
         """Run ``func(*args, **kwds)`` in a worker and return its result."""
         return self.apply_async(func, args, kwds).get()
 
-    def apply_async(self, func: Callable[..., R], args: Sequence[Any] = (),
-                    kwds: Mapping[str, Any] | None = None, callback: Callable[[R], object] | None = None,
-                    error_callback: Callable[[BaseException], object] | None = None) -> AsyncResult[R]:
+    def apply_async(
+        self,
+        func: Callable[..., R],
+        args: Sequence[Any] = (),
+        kwds: Mapping[str, Any] | None = None,
+        callback: Callable[[R], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> AsyncResult[R]:
         """Like ``apply`` but returns an ``AsyncResult`` at once; callbacks run in the pool's thread."""
         self._check_running()
         result: ApplyResult[R] = ApplyResult(
-            self._scheduler, opt.function(func), args, dict(kwds or {}), callback=callback,
-            error_callback=error_callback, task_timeout=self._defaults["task_timeout"],
-            retries=self._defaults["retries"])
+            self._scheduler,
+            opt.function(func),
+            args,
+            dict(kwds or {}),
+            callback=callback,
+            error_callback=error_callback,
+            task_timeout=self._defaults["task_timeout"],
+            retries=self._defaults["retries"],
+        )
         self._scheduler.submit(result)
         return result
 
     # ---- the map family --------------------------------------------------------------------------------------
 
-    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], star: bool, chunksize: object,
-                   callback: Any, error_callback: Any, options: dict[str, Any]) -> MapResult[Any]:
+    def _map_async(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        star: bool,
+        chunksize: object,
+        callback: Any,
+        error_callback: Any,
+        options: dict[str, Any],
+    ) -> MapResult[Any]:
         self._check_running()
         opt.function(func)
         size = opt.chunksize(chunksize)
         items = _as_sequence(iterable)
         o = self._call_options(options)
         result: MapResult[Any] = MapResult(
-            self._scheduler, func, items, star=star, on_error=o["on_error"], chunksize=size, callback=callback,
-            error_callback=error_callback, progress=make_bar(o["progress"], len(items)),
-            task_timeout=o["task_timeout"], retries=o["retries"])
+            self._scheduler,
+            func,
+            items,
+            star=star,
+            on_error=o["on_error"],
+            chunksize=size,
+            callback=callback,
+            error_callback=error_callback,
+            progress=make_bar(o["progress"], len(items)),
+            task_timeout=o["task_timeout"],
+            retries=o["retries"],
+        )
         if not result.ready():
             self._scheduler.submit(result)
         return result
@@ -163,8 +217,13 @@ class Pool:
         merged["task_timeout"] = opt.timeout(merged["task_timeout"], "task_timeout")
         return merged
 
-    def map(self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | str | None = None,
-            **options: Any) -> list[R]:
+    def map(
+        self,
+        func: Callable[[T], R],
+        iterable: Iterable[T],
+        chunksize: int | str | None = None,
+        **options: Any,
+    ) -> list[R]:
         """Apply ``func`` to every item, in parallel; results in input order.
 
         ``chunksize``: None or "auto" (default) adapts chunk sizes to measured item costs; an int fixes it.
@@ -175,50 +234,97 @@ class Pool:
         """
         return self._map_async(func, iterable, False, chunksize, None, None, options).get()
 
-    def map_async(self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | str | None = None,
-                  callback: Callable[[list[R]], object] | None = None,
-                  error_callback: Callable[[BaseException], object] | None = None,
-                  **options: Any) -> AsyncResult[list[R]]:
+    def map_async(
+        self,
+        func: Callable[[T], R],
+        iterable: Iterable[T],
+        chunksize: int | str | None = None,
+        callback: Callable[[list[R]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        **options: Any,
+    ) -> AsyncResult[list[R]]:
         """``map`` that returns an ``AsyncResult`` at once."""
         return self._map_async(func, iterable, False, chunksize, callback, error_callback, options)
 
-    def starmap(self, func: Callable[..., R], iterable: Iterable[Iterable[Any]],
-                chunksize: int | str | None = None, **options: Any) -> list[R]:
+    def starmap(
+        self,
+        func: Callable[..., R],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | str | None = None,
+        **options: Any,
+    ) -> list[R]:
         """Like ``map`` but each item is unpacked: ``func(*item)``."""
         return self._map_async(func, iterable, True, chunksize, None, None, options).get()
 
-    def starmap_async(self, func: Callable[..., R], iterable: Iterable[Iterable[Any]],
-                      chunksize: int | str | None = None, callback: Callable[[list[R]], object] | None = None,
-                      error_callback: Callable[[BaseException], object] | None = None,
-                      **options: Any) -> AsyncResult[list[R]]:
+    def starmap_async(
+        self,
+        func: Callable[..., R],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | str | None = None,
+        callback: Callable[[list[R]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        **options: Any,
+    ) -> AsyncResult[list[R]]:
         """``starmap`` that returns an ``AsyncResult`` at once."""
         return self._map_async(func, iterable, True, chunksize, callback, error_callback, options)
 
-    def _imap(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: object, ordered: bool,
-              star: bool, options: dict[str, Any]) -> IMapIterator[Any]:
+    def _imap(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        chunksize: object,
+        ordered: bool,
+        star: bool,
+        options: dict[str, Any],
+    ) -> IMapIterator[Any]:
         self._check_running()
         opt.function(func)
         size = opt.chunksize(chunksize)
         o = self._call_options(options)
-        total = len(iterable) if hasattr(iterable, "__len__") else None
+        total = len(iterable) if isinstance(iterable, Sized) else None
         it: IMapIterator[Any] = IMapIterator(
-            self._scheduler, func, iterable, star=star, ordered=ordered, on_error=o["on_error"], chunksize=size,
-            progress=make_bar(o["progress"], total), task_timeout=o["task_timeout"], retries=o["retries"])
+            self._scheduler,
+            func,
+            iterable,
+            star=star,
+            ordered=ordered,
+            on_error=o["on_error"],
+            chunksize=size,
+            progress=make_bar(o["progress"], total),
+            task_timeout=o["task_timeout"],
+            retries=o["retries"],
+        )
         self._scheduler.submit(it, counted=False)
         it.start()
         return it
 
-    def imap(self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | str | None = None,
-             **options: Any) -> IMapIterator[R]:
+    def imap(
+        self,
+        func: Callable[[T], R],
+        iterable: Iterable[T],
+        chunksize: int | str | None = None,
+        **options: Any,
+    ) -> IMapIterator[R]:
         """Lazy ``map``: reads the input as results are consumed (a bounded window in flight), input order."""
         return self._imap(func, iterable, chunksize, True, False, options)
 
-    def imap_unordered(self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | str | None = None,
-                       **options: Any) -> IMapIterator[R]:
+    def imap_unordered(
+        self,
+        func: Callable[[T], R],
+        iterable: Iterable[T],
+        chunksize: int | str | None = None,
+        **options: Any,
+    ) -> IMapIterator[R]:
         """Like ``imap`` but results come in completion order."""
         return self._imap(func, iterable, chunksize, False, False, options)
 
-    def istarmap(self, func: Callable[..., R], iterable: Iterable[Iterable[Any]],
-                 chunksize: int | str | None = None, ordered: bool = True, **options: Any) -> IMapIterator[R]:
+    def istarmap(
+        self,
+        func: Callable[..., R],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | str | None = None,
+        ordered: bool = True,
+        **options: Any,
+    ) -> IMapIterator[R]:
         """Lazy ``starmap`` (an extension: multiprocessing has none)."""
         return self._imap(func, iterable, chunksize, ordered, True, options)

@@ -32,9 +32,9 @@ class Bar:
                 self._bar.close()
 
 
-def make_bar(progress: object, total: int | None, desc: str | None = None) -> Bar | None:
+def make_bar(progress: Any, total: int | None, desc: str | None = None) -> Bar | None:
     if progress is False or progress is None:
         return None
     if progress is not True and progress != "always":
         raise ValueError(f'progress must be True, False or "always", not {progress!r}')
-    return Bar(progress, total, desc)  # type: ignore[arg-type]
+    return Bar(progress, total, desc)

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import multiprocessing
 import sys
@@ -53,10 +55,16 @@ def _interruptible(scheduler: Scheduler, wait: Callable[[], bool]) -> bool:
 class AsyncResult(Job, Generic[T]):
     """The result of an ``*_async`` call: ``get``, ``wait``, ``ready``, ``successful``."""
 
-    def __init__(self, scheduler: Scheduler, fn: Callable[..., Any], *,
-                 callback: Callable[[T], object] | None = None,
-                 error_callback: Callable[[BaseException], object] | None = None,
-                 progress: Bar | None = None, **job_options: Any) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        fn: Callable[..., Any],
+        *,
+        callback: Callable[[T], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        progress: Bar | None = None,
+        **job_options: Any,
+    ) -> None:
         super().__init__(scheduler, fn, **job_options)
         self._event = threading.Event()
         self._lock = threading.Lock()
@@ -106,8 +114,14 @@ class AsyncResult(Job, Generic[T]):
 class ApplyResult(AsyncResult[T]):
     kind = ch.CALL
 
-    def __init__(self, scheduler: Scheduler, fn: Callable[..., T], args: Sequence[Any],
-                 kwargs: dict[str, Any], **options: Any) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        fn: Callable[..., T],
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        **options: Any,
+    ) -> None:
         super().__init__(scheduler, fn, **options)
         self.ready_chunks = [Chunk(self, 0, [(tuple(args), dict(kwargs))])]
 
@@ -121,8 +135,16 @@ class ApplyResult(AsyncResult[T]):
 class MapResult(AsyncResult[list[T]]):
     """Ordered results of map/starmap; fails fast on the first error unless ``on_error="return"``."""
 
-    def __init__(self, scheduler: Scheduler, fn: Callable[..., T], items: Sequence[Any], *, star: bool,
-                 on_error: str = "raise", **options: Any) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        fn: Callable[..., T],
+        items: Sequence[Any],
+        *,
+        star: bool,
+        on_error: str = "raise",
+        **options: Any,
+    ) -> None:
         super().__init__(scheduler, fn, **options)
         self.kind = ch.STARMAP if star else ch.MAP
         self._items = items
@@ -140,14 +162,14 @@ class MapResult(AsyncResult[list[T]]):
         size = self.chunker.next_size(n - self._cursor)
         first = self._cursor
         self._cursor = min(n, first + size)
-        return Chunk(self, first, self._items[first:self._cursor])
+        return Chunk(self, first, self._items[first : self._cursor])
 
     def deliver(self, chunk: Chunk, values: list[Any], errors: dict[int, BaseException]) -> None:
         first = chunk.first
         with self._lock:
             if self._event.is_set():
                 return
-            self._results[first:first + len(values)] = values
+            self._results[first : first + len(values)] = values
             self._remaining -= len(values)
             remaining = self._remaining
         if self._bar is not None:
@@ -166,9 +188,18 @@ class MapResult(AsyncResult[list[T]]):
 class IMapIterator(Job, Iterator[T]):
     """Lazy results of imap (input order) or imap_unordered (completion order)."""
 
-    def __init__(self, scheduler: Scheduler, fn: Callable[..., T], iterable: Iterable[Any], *, star: bool,
-                 ordered: bool, on_error: str = "raise", progress: Bar | None = None,
-                 **options: Any) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        fn: Callable[..., T],
+        iterable: Iterable[Any],
+        *,
+        star: bool,
+        ordered: bool,
+        on_error: str = "raise",
+        progress: Bar | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(scheduler, fn, **options)
         self.kind = ch.STARMAP if star else ch.MAP
         self._source = iter(iterable)
@@ -181,7 +212,9 @@ class IMapIterator(Job, Iterator[T]):
         self._exhausted = False
         self._source_error: tuple[int, BaseException] | None = None
         self._pieces: dict[int, tuple[int, list[Any], dict[int, BaseException]]] = {}
-        self._open: dict[int, int] = {}  # pulled chunks not fully handed to the consumer: origin -> items left
+        self._open: dict[
+            int, int
+        ] = {}  # pulled chunks not fully handed to the consumer: origin -> items left
         self._arrivals: deque[int] = deque()  # imap_unordered: piece keys in completion order
         self._buffer: deque[tuple[Any, BaseException | None]] = deque()
         self._failure: BaseException | None = None
@@ -244,12 +277,14 @@ class IMapIterator(Job, Iterator[T]):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise multiprocessing.TimeoutError(f"no result within {timeout} s")
-                _interruptible(self.scheduler, lambda: self._cond.wait(left))
+                _interruptible(self.scheduler, functools.partial(self._cond.wait, left))
         value, error = self._buffer.popleft()
         self._yielded += 1
         if error is not None and not self._return_errors:
             raise error
-        return value if error is None else error  # type: ignore[no-any-return]
+        if error is not None:
+            return error  # type: ignore[return-value]  # on_error="return": the error stands in for the value
+        return value  # type: ignore[no-any-return]
 
     __next__ = next
 
@@ -280,10 +315,8 @@ class IMapIterator(Job, Iterator[T]):
 
     def __del__(self) -> None:
         if not self.closed:
-            try:
+            with contextlib.suppress(Exception):  # at interpreter shutdown there is nothing left to stop
                 self.scheduler.job_finished(self)
-            except Exception:  # interpreter shutdown: nothing left to stop
-                pass
 
     # ---- the scheduler side ------------------------------------------------------------------------------
 
@@ -307,8 +340,14 @@ class FutureJob(Job):
 
     kind = ch.CALL
 
-    def __init__(self, scheduler: Scheduler, fn: Callable[..., Any], args: tuple[Any, ...],
-                 kwargs: dict[str, Any], **options: Any) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        **options: Any,
+    ) -> None:
         super().__init__(scheduler, fn, **options)
         self.future: Future[Any] = Future()
         self.ready_chunks = [Chunk(self, 0, [(args, kwargs)])]

@@ -115,8 +115,15 @@ class Job:
 
     kind = ch.MAP
 
-    def __init__(self, scheduler: Scheduler, fn: Callable[..., Any], *, chunksize: int | None = None,
-                 task_timeout: float | None = None, retries: int = 0) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        fn: Callable[..., Any],
+        *,
+        chunksize: int | None = None,
+        task_timeout: float | None = None,
+        retries: int = 0,
+    ) -> None:
         self.scheduler = scheduler
         self.fn_key, self.fn_blob = scheduler.functions.get(fn)
         self.chunker = Chunker(chunksize, scheduler.processes)
@@ -146,8 +153,20 @@ class Job:
 
 
 class Worker:
-    __slots__ = ("accepting", "assigned", "channel", "fn_seq", "inflight", "known_fns", "lost_at", "page",
-                 "pid", "ready", "timed_out", "wid")
+    __slots__ = (
+        "accepting",
+        "assigned",
+        "channel",
+        "fn_seq",
+        "inflight",
+        "known_fns",
+        "lost_at",
+        "page",
+        "pid",
+        "ready",
+        "timed_out",
+        "wid",
+    )
 
     def __init__(self, wid: int, channel: ch.ParentChannel, page: mmap.mmap, pid: int | None) -> None:
         self.wid = wid
@@ -200,9 +219,15 @@ def _terminate_all() -> None:
 class Scheduler:
     """Owns the workers of one pool and the supervisor thread; the API layer talks only to this."""
 
-    def __init__(self, processes: int, *, initializer: Callable[..., object] | None = None,
-                 initargs: Sequence[Any] = (), max_tasks_per_worker: int | None = None,
-                 start_method: str) -> None:
+    def __init__(
+        self,
+        processes: int,
+        *,
+        initializer: Callable[..., object] | None = None,
+        initargs: Sequence[Any] = (),
+        max_tasks_per_worker: int | None = None,
+        start_method: str,
+    ) -> None:
         self.processes = processes
         self.start_method = start_method
         self.functions = _FunctionCache()
@@ -215,7 +240,8 @@ class Scheduler:
         self._cids = itertools.count(1)
         self._wids = itertools.count(1)
         self._workers: dict[int, Worker] = {}
-        self._lost: list[Worker] = []
+        self._lost: list[Worker] = []  # EOF seen, exit code not yet known
+        self._unreaped: list[Worker] = []
         self._dispatchable: deque[Job] = deque()
         self._retry: deque[Chunk] = deque()
         self._jobs: weakref.WeakSet[Job] = weakref.WeakSet()
@@ -331,9 +357,9 @@ class Scheduler:
 
     def _next_chunk_locked(self) -> Chunk | None:
         while self._retry:
-            chunk = self._retry.popleft()
-            if not chunk.job.closed:
-                return chunk
+            retried = self._retry.popleft()
+            if not retried.job.closed:
+                return retried
         while self._dispatchable:
             job = self._dispatchable[0]
             chunk = None if job.closed else job.take_locked()
@@ -442,9 +468,12 @@ class Scheduler:
                             w.pid, w.ready = frame.a, True
                             self._start_failures = 0
                         elif frame.kind == ch.INIT_FAILED:
-                            self._break(InitializerError(
-                                "the pool's initializer raised in a worker, so no worker can run tasks"),
-                                unpack_exception(frame.body))
+                            self._break(
+                                InitializerError(
+                                    "the pool's initializer raised in a worker, so no worker can run tasks"
+                                ),
+                                unpack_exception(frame.body),
+                            )
         if results:
             self._on_results(results)
         for w in list(self._workers.values()):
@@ -492,7 +521,10 @@ class Scheduler:
                 err = SerializationError(
                     f"the results of items #{chunk.first}-#{chunk.first + len(chunk.items) - 1} cannot be "
                     f"unpickled in the parent ({type(exc).__name__}: {exc})",
-                    what="result", index=chunk.first, detail=str(exc))
+                    what="result",
+                    index=chunk.first,
+                    detail=str(exc),
+                )
                 values, errors = [None] * len(chunk.items), dict.fromkeys(range(len(chunk.items)), err)
             job.deliver(chunk, values, errors)
 
@@ -531,7 +563,8 @@ class Scheduler:
                 if self._start_failures >= START_FAILURES_LIMIT:
                     self.broken = InitializerError(
                         f"{START_FAILURES_LIMIT} worker processes in a row died while starting "
-                        f"(start method {self.start_method!r}); see their output above")
+                        f"(start method {self.start_method!r}); see their output above"
+                    )
                 else:
                     self._start_worker_locked()
 
@@ -546,8 +579,13 @@ class Scheduler:
         with self._lock:
             if self.state is State.TERMINATED:
                 return True
-            if self.state is State.CLOSED and self._active == 0 and not self._retry and not any(
-                    w.inflight for w in self._workers.values()) and not any(j.queued for j in self._dispatchable):
+            if (
+                self.state is State.CLOSED
+                and self._active == 0
+                and not self._retry
+                and not any(w.inflight for w in self._workers.values())
+                and not any(j.queued for j in self._dispatchable)
+            ):
                 return True
             assignments = self._assign_locked()
         self._send(assignments)
@@ -574,6 +612,8 @@ class Scheduler:
             if code is None and now - w.lost_at < EXIT_CODE_GRACE and self.state is not State.TERMINATED:
                 continue
             self._lost.remove(w)
+            if code is None:
+                self._unreaped.append(w)  # recovered without its exit code; still to be reaped at shutdown
             self._recover(w, code)
 
     def _recover(self, w: Worker, exitcode: int | None) -> None:
@@ -619,20 +659,34 @@ class Scheduler:
         what = "the call" if single else f"item #{index}"
         if w.timed_out is not None:
             limit = chunk.job.task_timeout
-            return TaskTimeoutError(f"{what} ran longer than task_timeout={limit} s; its worker "
-                                    f"(pid {w.pid}) was killed and replaced",
-                                    index=None if single else index, timeout=limit)
+            return TaskTimeoutError(
+                f"{what} ran longer than task_timeout={limit} s; its worker "
+                f"(pid {w.pid}) was killed and replaced",
+                index=None if single else index,
+                timeout=limit,
+            )
         signame = None
         if exitcode is not None and exitcode < 0:
             with contextlib.suppress(ValueError):
                 signame = signal.Signals(-exitcode).name
-        how = (f"killed by {signame}" if signame else
-               f"exited with code {exitcode}" if exitcode is not None else "exited (exit code unknown)")
-        hint = {"SIGKILL": " (killed from outside, or by the out-of-memory killer)",
-                "SIGSEGV": " (a segmentation fault, usually in C code)"}.get(signame or "", "")
-        return WorkerLostError(f"the worker process (pid {w.pid}) running {what} {how}{hint}",
-                               index=None if single else index, pid=w.pid, exitcode=exitcode,
-                               signal_name=signame)
+        how = (
+            f"killed by {signame}"
+            if signame
+            else f"exited with code {exitcode}"
+            if exitcode is not None
+            else "exited (exit code unknown)"
+        )
+        hint = {
+            "SIGKILL": " (killed from outside, or by the out-of-memory killer)",
+            "SIGSEGV": " (a segmentation fault, usually in C code)",
+        }.get(signame or "", "")
+        return WorkerLostError(
+            f"the worker process (pid {w.pid}) running {what} {how}{hint}",
+            index=None if single else index,
+            pid=w.pid,
+            exitcode=exitcode,
+            signal_name=signame,
+        )
 
     def _break(self, error: BaseException, cause: BaseException | None) -> None:
         error.__cause__ = cause
@@ -651,7 +705,7 @@ class Scheduler:
         with self._lock:
             workers = list(self._workers.values())
             self._workers.clear()
-            lost, self._lost = self._lost, []
+            lost, self._lost = self._lost + self._unreaped, []
         graceful = self.state is not State.TERMINATED
         deadline = time.monotonic() + 5
         for w in workers:

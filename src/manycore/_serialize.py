@@ -8,8 +8,7 @@ with every start method, and cloudpickle's class tracking keeps a ``__main__`` c
 
 from __future__ import annotations
 
-import pickle
-import traceback
+from collections.abc import Sequence
 from typing import Any
 
 import cloudpickle
@@ -17,9 +16,12 @@ import cloudpickle
 from ._wire import PROTOCOL, loads
 from .errors import RemoteTraceback, SerializationError
 
+__all__ = ["dumps", "dumps_function", "find_unpicklable", "loads", "unpack_exception"]
+
 
 def dumps(obj: object) -> bytes:
-    return cloudpickle.dumps(obj, protocol=PROTOCOL)
+    data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
+    return data
 
 
 def _describe(obj: object, exc: BaseException) -> str:
@@ -35,11 +37,13 @@ def dumps_function(fn: object) -> bytes:
         raise SerializationError(
             f"the function {name!r} cannot be pickled to send it to the workers ({_describe(fn, exc)}). "
             "Define it at module level, or make the objects it uses picklable.",
-            what="function", type_name=type(fn).__qualname__, detail=_describe(fn, exc),
+            what="function",
+            type_name=type(fn).__qualname__,
+            detail=_describe(fn, exc),
         ) from exc
 
 
-def find_unpicklable(items: list[Any] | range, first_index: int, what: str) -> SerializationError:
+def find_unpicklable(items: Sequence[Any], first_index: int, what: str) -> SerializationError:
     """Locate the first item that does not pickle, for an error that names it."""
     for offset, item in enumerate(items):
         try:
@@ -49,19 +53,24 @@ def find_unpicklable(items: list[Any] | range, first_index: int, what: str) -> S
             return SerializationError(
                 f"{what} #{index} of type {type(item).__qualname__} cannot be pickled "
                 f"({_describe(item, exc)}). Pass picklable values, or build the object inside the task.",
-                what=what, index=index, type_name=type(item).__qualname__, detail=_describe(item, exc),
+                what=what,
+                index=index,
+                type_name=type(item).__qualname__,
+                detail=_describe(item, exc),
             )
     return SerializationError(f"a {what} cannot be pickled", what=what)
 
 
 def unpack_exception(blob: bytes | bytearray | memoryview) -> BaseException:
     try:
-        _, exc, tb = loads(blob)
+        _, error, tb = loads(blob)
     except Exception as exc:
         return SerializationError(
             f"a task raised an exception that cannot be unpickled in the parent ({_describe(blob, exc)})",
-            what="exception", detail=str(exc))
-    assert isinstance(exc, BaseException)
-    if not isinstance(exc, SerializationError):
-        exc.__cause__ = RemoteTraceback(tb)
-    return exc
+            what="exception",
+            detail=str(exc),
+        )
+    assert isinstance(error, BaseException)
+    if not isinstance(error, SerializationError):
+        error.__cause__ = RemoteTraceback(tb)
+    return error

@@ -24,7 +24,8 @@ def dumps(obj: object) -> bytes:
     except Exception:
         import cloudpickle
 
-        return cloudpickle.dumps(obj, protocol=PROTOCOL)  # type: ignore[no-any-return]
+        data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
+        return data
 
 
 def pack_exception(exc: BaseException, index: int | None) -> bytes:
@@ -35,16 +36,36 @@ def pack_exception(exc: BaseException, index: int | None) -> bytes:
     except Exception as pickling_exc:
         from .errors import SerializationError
 
-        return dumps(("exc", SerializationError(
-            f"item #{index}: the task raised {type(exc).__qualname__}: {exc}, and that exception cannot be "
-            f"pickled back to the parent ({type(pickling_exc).__name__}: {pickling_exc}). Its traceback:\\n{tb}",
-            what="exception", index=index, type_name=type(exc).__qualname__, detail=tb), tb))
+        return dumps(
+            (
+                "exc",
+                SerializationError(
+                    f"item #{index}: the task raised {type(exc).__qualname__}: {exc}, and that exception cannot be "
+                    f"pickled back to the parent ({type(pickling_exc).__name__}: {pickling_exc}). Its traceback:\\n{tb}",
+                    what="exception",
+                    index=index,
+                    type_name=type(exc).__qualname__,
+                    detail=tb,
+                ),
+                tb,
+            )
+        )
 
 
 def unpicklable_result(value: Any, index: int, exc: BaseException) -> bytes:
     from .errors import SerializationError
 
-    return dumps(("exc", SerializationError(
-        f"item #{index}: the result of type {type(value).__qualname__} cannot be pickled to send it back "
-        f"({type(exc).__name__}: {exc}). Return picklable values (plain data, arrays).",
-        what="result", index=index, type_name=type(value).__qualname__, detail=str(exc)), ""))
+    return dumps(
+        (
+            "exc",
+            SerializationError(
+                f"item #{index}: the result of type {type(value).__qualname__} cannot be pickled to send it back "
+                f"({type(exc).__name__}: {exc}). Return picklable values (plain data, arrays).",
+                what="result",
+                index=index,
+                type_name=type(value).__qualname__,
+                detail=str(exc),
+            ),
+            "",
+        )
+    )

@@ -9,6 +9,7 @@ an interrupt means (it stops the pool).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import mmap
 import os
@@ -23,7 +24,9 @@ from typing import Any
 from . import _channel as ch
 from ._wire import dumps, loads, pack_exception, unpicklable_result
 
-STATUS = struct.Struct("<QQQ")  # running chunk id (0 = none), item offset within it, item start (monotonic ns)
+STATUS = struct.Struct(
+    "<QQQ"
+)  # running chunk id (0 = none), item offset within it, item start (monotonic ns)
 STATUS_SIZE = mmap.PAGESIZE
 # The worker keeps at most this many task functions; the parent resends one it last sent longer ago than half
 # of this (see Worker.needs_function in _scheduler), so an evicted function is never needed.
@@ -43,8 +46,9 @@ def set_parent_death_signal() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
 
-def _run_items(fn: Callable[..., Any], items: Iterable[Any], star: bool, first: int,
-               track: Callable[[int], None] | None) -> tuple[list[Any], dict[int, bytes]]:
+def _run_items(
+    fn: Callable[..., Any], items: Iterable[Any], star: bool, first: int, track: Callable[[int], None] | None
+) -> tuple[list[Any], dict[int, bytes]]:
     """Apply fn to every item; an item that raises records its error and the others still run."""
     values: list[Any] = []
     errors: dict[int, bytes] = {}
@@ -62,7 +66,10 @@ def _run_items(fn: Callable[..., Any], items: Iterable[Any], star: bool, first: 
                 # `it` has moved past the failing one: the loop resumes with the next item.
                 values.extend(map(fn, it))
             return values, errors
-        except (Exception, SystemExit) as exc:  # SystemExit from a task is that item's error, not the worker's
+        except (
+            Exception,
+            SystemExit,
+        ) as exc:  # SystemExit from a task is that item's error, not the worker's
             errors[len(values)] = pack_exception(exc, first + len(values))
             values.append(None)
 
@@ -135,7 +142,7 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
         tracker = _Tracker(page, frame.chunk_id) if track else None
         if frame.kind == ch.CALL:
             args, kwargs = data[0]
-            values, errors = _run_items(lambda _: fn(*args, **kwargs), (None,), False, first, tracker)
+            values, errors = _run_items(functools.partial(fn, *args, **kwargs), ((),), True, first, tracker)
         else:
             values, errors = _run_items(fn, data, frame.kind == ch.STARMAP, first, tracker)
         elapsed = time.perf_counter_ns() - started

@@ -16,6 +16,7 @@ with the zygote itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -40,10 +41,10 @@ def main(ctrl_fd: int, sys_path: list[str]) -> None:
     children: set[int] = set()
     try:
         while True:
-            ready, _, _ = select.select([ctrl, wake_r], [], [])
+            ready, _, _ = select.select([ctrl.fileno(), wake_r], [], [])
             if wake_r in ready:
                 os.read(wake_r, 4096)
-            if ctrl in ready:
+            if ctrl.fileno() in ready:
                 try:
                     msg, fds, _, _ = socket.recv_fds(ctrl, 64, 2)
                 except OSError:  # ECONNRESET: the parent closed its end with our reports unread
@@ -67,15 +68,11 @@ def main(ctrl_fd: int, sys_path: list[str]) -> None:
             _reap(ctrl, children)
     finally:
         for pid in children:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         for pid in children:
-            try:
+            with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
 
 
 def _reap(ctrl: socket.socket, children: set[int]) -> None:
@@ -91,5 +88,3 @@ def _reap(ctrl: socket.socket, children: set[int]) -> None:
             ctrl.send(MESSAGE.pack(b"X", pid, os.waitstatus_to_exitcode(status)))
         except OSError:
             return
-
-

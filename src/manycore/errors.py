@@ -55,8 +55,15 @@ class WorkerLostError(ManycoreError, BrokenProcessPool):
     Only this item fails; the pool replaces the worker and every other item still runs.
     """
 
-    def __init__(self, message: str, *, index: int | None = None, pid: int | None = None,
-                 exitcode: int | None = None, signal_name: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        index: int | None = None,
+        pid: int | None = None,
+        exitcode: int | None = None,
+        signal_name: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.index = index
         self.pid = pid
@@ -82,7 +89,7 @@ class TaskTimeoutError(ManycoreError, multiprocessing.TimeoutError):
         return (_rebuild, (type(self), self.args, self.__dict__))
 
 
-class SerializationError(ManycoreError, multiprocessing.pool.MaybeEncodingError):
+class SerializationError(ManycoreError, multiprocessing.pool.MaybeEncodingError):  # type: ignore[misc,name-defined]
     """Something could not be pickled or unpickled: the function, an argument, a result or an exception.
 
     Attributes: ``what`` (``"function"``, ``"argument"``, ``"result"`` or ``"exception"``), ``index`` (the item,
@@ -90,8 +97,9 @@ class SerializationError(ManycoreError, multiprocessing.pool.MaybeEncodingError)
     that could not travel, its original type, message and traceback text).
     """
 
-    def __init__(self, message: str, *, what: str = "", index: int | None = None, type_name: str = "",
-                 detail: str = "") -> None:
+    def __init__(
+        self, message: str, *, what: str = "", index: int | None = None, type_name: str = "", detail: str = ""
+    ) -> None:
         # MaybeEncodingError.__init__ wants (exc, value) and formats its own message; we keep ours.
         Exception.__init__(self, message)
         self.exc = message

@@ -142,3 +142,38 @@ def touch_and_block(path: str, how: str = "ctypes") -> None:
 
 def pid(_: object = None) -> int:
     return os.getpid()
+
+
+KILL_SET = frozenset({1, 2, 5, 6, 9})
+
+
+def kill_if_in(x: int) -> int:
+    """SIGKILLs its worker for the items in KILL_SET."""
+    return faulty(x, kind="sigkill", bad=x if x in KILL_SET else -1)
+
+
+def star_adapter(fn: Any, x: int, y: int) -> int:
+    """For starmap-style entry points: fn(x) + y."""
+    return fn(x) + y  # type: ignore[no-any-return]
+
+
+def call_it(f: Any) -> Any:
+    """Runs a callable that came as an argument (a lambda travels fine with cloudpickle)."""
+    return f()
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def unloadable_value(x: int, *, bad: int) -> Any:
+    """Returns (not raises) an object that pickles in the worker but cannot be rebuilt in the parent."""
+    if x == bad:
+        return UnloadableError(f"value {x}", 1)
+    return x * x
+
+
+def kind_by_item(x: int, *, faults: dict[int, str]) -> Any:
+    """x*x, except the items in `faults`, which trigger the fault kind mapped to them."""
+    kind = faults.get(x)
+    return x * x if kind is None else do_fault(kind, x)
