@@ -59,6 +59,10 @@ class Launcher:
 
 
 class ForkLauncher(Launcher):
+    def __init__(self) -> None:
+        super().__init__()
+        _worker.set_parent_death_signal.prepare()
+
     def start(
         self, wid: int, child: socket.socket, status_fd: int, close_in_child: Iterable[int]
     ) -> int | None:

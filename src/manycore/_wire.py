@@ -8,8 +8,10 @@ cloudpickle by itself when (and only when) it is needed. The parent side lives i
 from __future__ import annotations
 
 import pickle
-import traceback
-from typing import Any
+
+TYPE_CHECKING = False  # see manycore/__init__.py: workers avoid importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 PROTOCOL = 5
 loads = pickle.loads
@@ -30,6 +32,8 @@ def dumps(obj: object) -> bytes:
 
 def pack_exception(exc: BaseException, index: int | None) -> bytes:
     """Pickle a task's exception with its worker traceback text; fall back to a description of it."""
+    import traceback
+
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
         return dumps(("exc", exc, tb))

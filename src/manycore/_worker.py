@@ -18,8 +18,11 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+
+TYPE_CHECKING = False  # see manycore/__init__.py: workers avoid importing typing
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import Any
 
 from . import _channel as ch
 from ._wire import dumps, loads, pack_exception, unpicklable_result
@@ -35,15 +38,30 @@ FUNCTION_CACHE = 1024
 OK, PARTIAL = 0, 1  # RESULT frame status: every item succeeded, or some items carry an error
 
 
-def set_parent_death_signal() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies, so a SIGKILLed parent leaves no orphans."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
+class _ParentDeathSignal:
+    """Ask Linux to SIGKILL this process when its parent dies, so a SIGKILLed parent leaves no orphans.
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    ``prepare()`` loads libc through ctypes (several ms) in the process that forks, once, instead of in each
+    worker after the fork.
+    """
+
+    def __init__(self) -> None:
+        self._prctl: Callable[..., int] | None = None
+
+    def prepare(self) -> None:
+        if self._prctl is None and sys.platform.startswith("linux"):
+            import ctypes
+
+            self._prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def __call__(self) -> None:
+        self.prepare()
+        if self._prctl is not None:
+            pr_set_pdeathsig = 1
+            self._prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
+set_parent_death_signal = _ParentDeathSignal()
 
 
 def _run_items(

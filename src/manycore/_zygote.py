@@ -16,7 +16,6 @@ with the zygote itself.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import signal
@@ -37,6 +36,8 @@ def main(ctrl_fd: int, sys_path: list[str]) -> None:
     # A Python-level handler is needed for set_wakeup_fd to be poked on SIGCHLD.
     signal.signal(signal.SIGCHLD, lambda *_: None)
     from . import _worker  # imported once here so every forked worker has it already
+
+    _worker.set_parent_death_signal.prepare()  # load libc via ctypes once, not in every worker
 
     children: set[int] = set()
     try:
@@ -67,12 +68,17 @@ def main(ctrl_fd: int, sys_path: list[str]) -> None:
                 ctrl.send(MESSAGE.pack(b"F", wid, pid))
             _reap(ctrl, children)
     finally:
+        # Plain try/except rather than contextlib: this process imports as little as it can.
         for pid in children:
-            with contextlib.suppress(ProcessLookupError):
+            try:  # noqa: SIM105
                 os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         for pid in children:
-            with contextlib.suppress(ChildProcessError):
+            try:  # noqa: SIM105
                 os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
 
 
 def _reap(ctrl: socket.socket, children: set[int]) -> None:
