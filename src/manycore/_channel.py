@@ -45,11 +45,7 @@ class ParentChannel:
         self.closed = False
         self._lock = threading.Lock()
         self._backlog: deque[memoryview] = deque()
-        self._head = bytearray(HEADER.size)
-        self._head_got = 0
-        self._body: bytearray | None = None
-        self._body_got = 0
-        self._parsed: tuple[int, int, int, int] = (0, 0, 0, 0)
+        self._reader = FrameReader(sock)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -96,37 +92,12 @@ class ParentChannel:
 
     def read_frames(self) -> list[Frame] | None:
         """Read whatever the socket holds; complete frames in order, or None once the worker has closed it."""
-        frames: list[Frame] = []
-        sock = self.sock
-        while True:
-            try:
-                if self._body is None:
-                    n = sock.recv_into(memoryview(self._head)[self._head_got :])
-                    if n == 0:
-                        return frames or None
-                    self._head_got += n
-                    if self._head_got < HEADER.size:
-                        continue
-                    kind, chunk_id, a, b, length = HEADER.unpack(self._head)
-                    self._head_got = 0
-                    self._parsed = (kind, chunk_id, a, b)
-                    self._body = bytearray(length)
-                    self._body_got = 0
-                    if length:
-                        continue
-                else:
-                    n = sock.recv_into(memoryview(self._body)[self._body_got :])
-                    if n == 0:
-                        return frames or None
-                    self._body_got += n
-                    if self._body_got < len(self._body):
-                        continue
-            except (BlockingIOError, InterruptedError):
-                return frames
-            except OSError:
-                return frames or None
-            frames.append(Frame(*self._parsed, self._body))
-            self._body = None
+        try:
+            return self._reader.read()
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError:
+            return None
 
     def close(self) -> None:
         with self._lock:
@@ -135,28 +106,80 @@ class ParentChannel:
             self.sock.close()
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytearray | None:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:])
-        if k == 0:
+class FrameReader:
+    """Splits a byte stream into frames with as few ``recv`` calls as possible.
+
+    Small frames are read many at a time into one buffer; a large body gets its own buffer of the exact size,
+    filled in place, so big payloads are copied once. Works on blocking and non-blocking sockets alike:
+    ``read`` returns the frames completed by one ``recv``, and raises BlockingIOError when nothing was there.
+    """
+
+    BUFFER = 256 << 10
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = bytearray(self.BUFFER)
+        self._start = 0  # unparsed bytes are self._buf[self._start:self._end]
+        self._end = 0
+        self._head: tuple[int, int, int, int] | None = None  # header of the large body being filled
+        self._body: bytearray | None = None
+        self._got = 0
+
+    def read(self) -> list[Frame] | None:
+        """Frames completed by one read, [] if none yet, None at EOF (the peer has closed its end)."""
+        if self._body is not None:
+            n = self._sock.recv_into(memoryview(self._body)[self._got:])
+            if n == 0:
+                return None
+            self._got += n
+            if self._got < len(self._body):
+                return []
+            assert self._head is not None
+            frame = Frame(*self._head, self._body)
+            self._head = self._body = None
+            return [frame]
+        if self._start == self._end:
+            self._start = self._end = 0
+        elif self._end == len(self._buf):
+            # Move a partial frame to the front so the next read has room.
+            rest = self._buf[self._start : self._end]
+            self._buf[: len(rest)] = rest
+            self._start, self._end = 0, len(rest)
+        n = self._sock.recv_into(memoryview(self._buf)[self._end :])
+        if n == 0:
             return None
-        got += k
-    return buf
+        self._end += n
+        return self._parse()
+
+    def _parse(self) -> list[Frame]:
+        frames: list[Frame] = []
+        buf = self._buf
+        while self._end - self._start >= HEADER.size:
+            kind, chunk_id, a, b, length = HEADER.unpack_from(buf, self._start)
+            body_start = self._start + HEADER.size
+            available = self._end - body_start
+            if length <= available:
+                frames.append(Frame(kind, chunk_id, a, b, buf[body_start : body_start + length]))
+                self._start = body_start + length
+                continue
+            if length > self.BUFFER // 2:
+                self._head = (kind, chunk_id, a, b)
+                self._body = bytearray(length)
+                self._body[:available] = buf[body_start : self._end]
+                self._got = available
+                self._start = self._end = 0
+            break
+        return frames
 
 
-def recv_frame(sock: socket.socket) -> Frame | None:
-    """Blocking read of one frame (worker side); None when the parent has gone."""
-    head = recv_exact(sock, HEADER.size)
-    if head is None:
-        return None
-    kind, chunk_id, a, b, length = HEADER.unpack(head)
-    body = recv_exact(sock, length) if length else bytearray()
-    if body is None:
-        return None
-    return Frame(kind, chunk_id, a, b, body)
+def recv_frame(reader: FrameReader, pending: list[Frame]) -> Frame | None:
+    """Blocking read of the next frame (worker side); None when the parent has gone."""
+    while not pending:
+        frames = reader.read()
+        if frames is None:
+            return None
+        pending.extend(frames)
+    return pending.pop(0)
 
 
 def send_frame(sock: socket.socket, kind: int, chunk_id: int, a: int, b: int, body: bytes = b"") -> None:

@@ -248,6 +248,7 @@ class Scheduler:
         self._active = 0  # jobs submitted and not yet finished, for join()
         self._start_failures = 0
         self._timeouts_active = 0
+        self._watch_writes = True
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -402,8 +403,10 @@ class Scheduler:
             fn = job.fn_blob if with_fn else b""
             flags = len(fn) * 2 + (job.task_timeout is not None)
             backlog |= w.channel.send(job.kind, chunk.cid, job.fn_key, flags, fn, chunk.payload)
-        if backlog and threading.current_thread() is not self._thread:
-            self._wake()
+        if backlog:
+            self._watch_writes = True  # the supervisor must ask select() for writability
+            if threading.current_thread() is not self._thread:
+                self._wake()
 
     def _unpicklable(self, w: Worker, chunk: Chunk) -> None:
         what = "argument" if chunk.job.kind != ch.CALL else "call argument"
@@ -429,8 +432,13 @@ class Scheduler:
             with self._lock:
                 for _ in range(self.processes):
                     self._start_worker_locked()
+                assignments = self._assign_locked()  # calls submitted before the workers existed
+            self._send(assignments)
             while not self._housekeeping():
-                self._poll(self._poll_timeout())
+                done = self._poll(self._poll_timeout())
+                # Delivering wakes a waiting caller, which then needs the GIL: do it last, right before this
+                # thread blocks in select() again and lets the caller run.
+                self._deliver(done)
         finally:
             self._shutdown()
 
@@ -443,7 +451,7 @@ class Scheduler:
             return 0.1
         return None
 
-    def _poll(self, timeout: float | None) -> None:
+    def _poll(self, timeout: float | None) -> list[tuple[Chunk, ch.Frame]]:
         results: list[tuple[Worker, ch.Frame]] = []
         for key, mask in self._selector.select(timeout):
             data = key.data
@@ -474,12 +482,16 @@ class Scheduler:
                                 ),
                                 unpack_exception(frame.body),
                             )
-        if results:
-            self._on_results(results)
-        for w in list(self._workers.values()):
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if w.channel.pending else 0)
-            if self._selector.get_key(w.channel).events != events:
-                self._selector.modify(w.channel, events, w)
+        done = self._on_results(results) if results else []
+        if self._watch_writes:
+            self._watch_writes = False
+            for w in list(self._workers.values()):
+                pending = w.channel.pending
+                self._watch_writes |= pending
+                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if pending else 0)
+                if self._selector.get_key(w.channel).events != events:
+                    self._selector.modify(w.channel, events, w)
+        return done
 
     def _on_control(self) -> None:
         forked = self._launcher.on_readable()
@@ -497,7 +509,8 @@ class Scheduler:
             if self.state is State.RUNNING:
                 self._break(InitializerError("the fork server process died; no worker can be started"), None)
 
-    def _on_results(self, results: list[tuple[Worker, ch.Frame]]) -> None:
+    def _on_results(self, results: list[tuple[Worker, ch.Frame]]) -> list[tuple[Chunk, ch.Frame]]:
+        """Free the workers' slots and refill them at once; the results are delivered later (``_deliver``)."""
         done: list[tuple[Chunk, ch.Frame]] = []
         with self._lock:
             for w, frame in results:
@@ -506,6 +519,9 @@ class Scheduler:
                     done.append((chunk, frame))
             assignments = self._assign_locked()
         self._send(assignments)
+        return done
+
+    def _deliver(self, done: list[tuple[Chunk, ch.Frame]]) -> None:
         for chunk, frame in done:
             job = chunk.job
             if job.closed:
@@ -557,9 +573,10 @@ class Scheduler:
             del self._workers[w.wid]
             w.lost_at = time.monotonic()
             self._lost.append(w)
-            if not w.ready and not w.inflight and self.state is State.RUNNING:
+            if not w.ready and not w.inflight and self.state is not State.TERMINATED:
                 self._start_failures += 1
-            if self.state is State.RUNNING and self.broken is None:
+            assignments = []
+            if self.state is not State.TERMINATED and self.broken is None:
                 if self._start_failures >= START_FAILURES_LIMIT:
                     self.broken = InitializerError(
                         f"{START_FAILURES_LIMIT} worker processes in a row died while starting "
@@ -567,6 +584,8 @@ class Scheduler:
                     )
                 else:
                     self._start_worker_locked()
+                    assignments = self._assign_locked()
+        self._send(assignments)
 
     def _housekeeping(self) -> bool:
         """Timeouts, lost workers, shutdown. Returns True when the supervisor should stop."""
@@ -576,19 +595,16 @@ class Scheduler:
             self._reap_lost()
         if self.broken is not None:
             self._fail_everything(self.broken)
-        with self._lock:
-            if self.state is State.TERMINATED:
-                return True
-            if (
-                self.state is State.CLOSED
-                and self._active == 0
-                and not self._retry
-                and not any(w.inflight for w in self._workers.values())
-                and not any(j.queued for j in self._dispatchable)
-            ):
-                return True
-            assignments = self._assign_locked()
-        self._send(assignments)
+        if self.state is State.TERMINATED:
+            return True
+        if self.state is State.CLOSED:
+            with self._lock:
+                return (
+                    self._active == 0
+                    and not self._retry
+                    and not any(w.inflight for w in self._workers.values())
+                    and not any(j.queued for j in self._dispatchable)
+                )
         return False
 
     def _check_deadlines(self) -> None:

@@ -129,7 +129,9 @@ class _Tracker:
 def serve(sock: socket.socket, page: mmap.mmap) -> None:
     """The worker loop. Returns when the parent says stop, goes away, or the task budget is spent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    init = ch.recv_frame(sock)
+    reader = ch.FrameReader(sock)
+    pending: list[ch.Frame] = []
+    init = ch.recv_frame(reader, pending)
     if init is None:
         return
     initializer, initargs, max_tasks = loads(init.body)
@@ -143,7 +145,7 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
     functions: dict[int, Callable[..., Any]] = {}
     done = 0
     while True:
-        frame = ch.recv_frame(sock)
+        frame = ch.recv_frame(reader, pending)
         if frame is None or frame.kind == ch.STOP:
             return
         fn_len, track = frame.b >> 1, frame.b & 1
