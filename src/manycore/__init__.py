@@ -26,7 +26,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-
     from . import errors as errors
     from ._api import imap as imap
     from ._api import map as map

@@ -9,6 +9,9 @@ result. The worker side is plain blocking I/O (``recv_frame``/``send_frame``).
 
 from __future__ import annotations
 
+import array
+import itertools
+import os
 import socket
 import struct
 from collections import deque
@@ -16,15 +19,21 @@ from collections import deque
 HEADER = struct.Struct("<BQQQQ")
 
 # Frame kinds, parent -> worker.
-MAP, STARMAP, CALL, STOP = 1, 2, 3, 4
+MAP, STARMAP, CALL, STOP, BROADCAST, RELEASE = 1, 2, 3, 4, 5, 6
 # Frame kinds, worker -> parent.
 READY, RESULT, INIT_FAILED = 11, 12, 13
+
+MAX_FDS = 16  # file descriptors one recvmsg can take (shared-memory segments travel as memfds)
+
+
+def _rights(fds: tuple[int, ...] | list[int]) -> list[tuple[int, int, bytes]]:
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
 
 
 class Frame:
     """One message. (Not a NamedTuple: importing typing would cost every worker ~10 ms of start-up.)"""
 
-    __slots__ = ("a", "b", "body", "chunk_id", "kind")
+    __slots__ = ("a", "b", "body", "chunk_id", "fd", "kind")
 
     def __init__(self, kind: int, chunk_id: int, a: int, b: int, body: bytearray) -> None:
         self.kind = kind
@@ -32,6 +41,7 @@ class Frame:
         self.a = a
         self.b = b
         self.body = body
+        self.fd: int | None = None  # the shared-memory segment this frame's data lives in, if any
 
 
 class ParentChannel:
@@ -44,18 +54,32 @@ class ParentChannel:
         self.sock = sock
         self.closed = False
         self._lock = threading.Lock()
-        self._backlog: deque[memoryview] = deque()
+        # Views still to send, each with the fds that must leave with its first byte (a frame's first view).
+        self._backlog: deque[tuple[memoryview, tuple[int, ...]]] = deque()
         self._reader = FrameReader(sock)
+
+    @property
+    def fds(self) -> deque[int]:
+        """File descriptors received, in order; a frame that announces a segment takes the next one."""
+        return self._reader.fds
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def send(self, kind: int, chunk_id: int, a: int, b: int, *parts: bytes) -> bool:
-        """Send a frame without blocking; True when part of it waits in the backlog for ``flush``."""
-        views = [memoryview(HEADER.pack(kind, chunk_id, a, b, sum(len(p) for p in parts)))]
-        views.extend(memoryview(p) for p in parts if len(p))
+    def send(
+        self, kind: int, chunk_id: int, a: int, b: int, *parts: bytes, fds: tuple[int, ...] = ()
+    ) -> bool:
+        """Send a frame without blocking; True when part of it waits in the backlog for ``flush``.
+
+        ``fds`` are duplicated into the worker (SCM_RIGHTS) with the frame's first byte; the caller may close
+        its own copies once this returns.
+        """
+        head = HEADER.pack(kind, chunk_id, a, b, sum(len(p) for p in parts))
+        views = [(memoryview(head), tuple(os.dup(fd) for fd in fds))]
+        views.extend((memoryview(p), ()) for p in parts if len(p))
         with self._lock:
             if self.closed:
+                _close_all(views[0][1])
                 return False
             self._backlog.extend(views)
             return self._flush_locked()
@@ -71,24 +95,39 @@ class ParentChannel:
     def _flush_locked(self) -> bool:
         backlog = self._backlog
         while backlog:
+            # One sendmsg carries at most one frame's fds, at its start, so each fd leaves with its frame.
+            batch = [backlog[0]]
+            for item in list(itertools.islice(backlog, 1, 64)):
+                if item[1]:
+                    break
+                batch.append(item)
+            fds = batch[0][1]
             try:
-                sent = self.sock.sendmsg(list(backlog)[:64])
+                sent = self.sock.sendmsg([view for view, _ in batch], _rights(fds))
             except (BlockingIOError, InterruptedError):
                 return True
             except OSError:
                 # The worker is gone; the supervisor learns that from the socket's EOF and reassigns its work.
                 self.closed = True
-                backlog.clear()
+                self._drop_backlog()
                 return False
+            if fds:
+                _close_all(fds)  # the kernel holds its own copies now
+                backlog[0] = (backlog[0][0], ())
             while sent:
-                head = backlog[0]
-                if sent >= len(head):
-                    sent -= len(head)
+                view, _ = backlog[0]
+                if sent >= len(view):
+                    sent -= len(view)
                     backlog.popleft()
                 else:
-                    backlog[0] = head[sent:]
+                    backlog[0] = (view[sent:], ())
                     sent = 0
         return False
+
+    def _drop_backlog(self) -> None:
+        for _, fds in self._backlog:
+            _close_all(fds)
+        self._backlog.clear()
 
     def read_frames(self) -> list[Frame] | None:
         """Read whatever the socket holds; complete frames in order, or None once the worker has closed it."""
@@ -102,8 +141,18 @@ class ParentChannel:
     def close(self) -> None:
         with self._lock:
             self.closed = True
-            self._backlog.clear()
+            self._drop_backlog()
             self.sock.close()
+            _close_all(self._reader.fds)
+            self._reader.fds.clear()
+
+
+def _close_all(fds: tuple[int, ...] | deque[int]) -> None:
+    for fd in fds:
+        try:  # noqa: SIM105 (no contextlib: workers import as little as they can)
+            os.close(fd)
+        except OSError:
+            pass
 
 
 class FrameReader:
@@ -124,11 +173,22 @@ class FrameReader:
         self._head: tuple[int, int, int, int] | None = None  # header of the large body being filled
         self._body: bytearray | None = None
         self._got = 0
+        self.fds: deque[int] = deque()
+
+    def _recv_into(self, view: memoryview) -> int:
+        # recvmsg, not recv: plain recv would silently drop the file descriptors that frames carry.
+        n, ancdata, _, _ = self._sock.recvmsg_into([view], socket.CMSG_SPACE(MAX_FDS * 4))
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+                self.fds.extend(fds)
+        return n
 
     def read(self) -> list[Frame] | None:
         """Frames completed by one read, [] if none yet, None at EOF (the peer has closed its end)."""
         if self._body is not None:
-            n = self._sock.recv_into(memoryview(self._body)[self._got:])
+            n = self._recv_into(memoryview(self._body)[self._got :])
             if n == 0:
                 return None
             self._got += n
@@ -145,7 +205,7 @@ class FrameReader:
             rest = self._buf[self._start : self._end]
             self._buf[: len(rest)] = rest
             self._start, self._end = 0, len(rest)
-        n = self._sock.recv_into(memoryview(self._buf)[self._end :])
+        n = self._recv_into(memoryview(self._buf)[self._end :])
         if n == 0:
             return None
         self._end += n
@@ -182,10 +242,21 @@ def recv_frame(reader: FrameReader, pending: list[Frame]) -> Frame | None:
     return pending.pop(0)
 
 
-def send_frame(sock: socket.socket, kind: int, chunk_id: int, a: int, b: int, body: bytes = b"") -> None:
+def send_frame(
+    sock: socket.socket,
+    kind: int,
+    chunk_id: int,
+    a: int,
+    b: int,
+    body: bytes = b"",
+    fds: tuple[int, ...] = (),
+) -> None:
+    """Blocking send of one frame (worker side); ``fds`` leave with its first byte."""
     head = HEADER.pack(kind, chunk_id, a, b, len(body))
     if len(body) < 65536:
-        sock.sendall(head + body)
-    else:
-        sock.sendall(head)
+        head, body = head + body, b""
+    sent = sock.sendmsg([head], _rights(fds))
+    if sent < len(head):
+        sock.sendall(memoryview(head)[sent:])
+    if body:
         sock.sendall(body)

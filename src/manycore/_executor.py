@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from . import _options as opt
 from ._results import FutureJob, IMapIterator
 from ._scheduler import Scheduler
+from ._shm import DEFAULT_THRESHOLD
 from .errors import PoolClosedError
 
 R = TypeVar("R")
@@ -41,6 +42,8 @@ class Executor(concurrent.futures.Executor):
         start_method: str | None = None,
         retries: int = 0,
         task_timeout: float | None = None,
+        zero_copy_threshold: int | None = DEFAULT_THRESHOLD,
+        blas_threads: int | None = None,
     ) -> None:
         n = opt.processes(max_workers, "max_workers")
         if initializer is not None and not callable(initializer):
@@ -53,6 +56,8 @@ class Executor(concurrent.futures.Executor):
             initargs=initargs,
             max_tasks_per_worker=opt.max_tasks(max_tasks_per_child, "max_tasks_per_child"),
             start_method=opt.start_method(start_method, mp_context),
+            zero_copy_threshold=opt.zero_copy_threshold(zero_copy_threshold),
+            worker_env=opt.blas_env(blas_threads, n),
         )
         self._jobs: list[FutureJob] = []
 

@@ -79,6 +79,37 @@ def start_method(value: object, context: Any = None) -> str:
     return str(value)
 
 
+def zero_copy_threshold(value: object) -> int | None:
+    """Bytes from which a buffer travels through shared memory; None keeps everything in the pickle."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"zero_copy_threshold must be a number of bytes >= 1 or None, not {value!r}")
+    return value
+
+
+BLAS_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+def blas_env(value: object, workers: int) -> dict[str, str]:
+    """Environment for workers limiting BLAS/OpenMP threads: by default cores / workers, at least 1.
+
+    N workers each starting one BLAS thread per core would run N x cores threads on cores cores.
+    """
+    if value is None:
+        value = max(1, cpu_count() // workers)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"blas_threads must be an int >= 1 or None, not {value!r}")
+    return dict.fromkeys(BLAS_VARIABLES, str(value))
+
+
 def function(value: object, name: str = "func") -> Callable[..., Any]:
     if not callable(value):
         raise TypeError(f"{name} must be callable, not {type(value).__name__} {value!r}")

@@ -14,9 +14,11 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from . import _options as opt
+from ._broadcast import Broadcast
 from ._progress import make_bar
 from ._results import ApplyResult, AsyncResult, IMapIterator, MapResult
 from ._scheduler import Scheduler, State
+from ._shm import DEFAULT_THRESHOLD
 from .errors import PoolClosedError
 
 T = TypeVar("T")
@@ -49,6 +51,10 @@ class Pool:
       ``multiprocessing`` context) is accepted too and names the method.
     - ``max_tasks_per_worker``: alias of ``maxtasksperchild`` (a task is one chunk, as in multiprocessing).
     - ``retries``, ``task_timeout``, ``on_error``: defaults for every map/imap/starmap call, see ``map``.
+    - ``zero_copy_threshold``: buffers (numpy arrays, bytes...) from this many bytes (default 256 KiB) travel
+      through shared memory instead of the pipe; None turns that off.
+    - ``blas_threads``: BLAS/OpenMP threads per worker (default: cores // processes, at least 1), so that N
+      workers do not each start one thread per core.
     """
 
     def __init__(
@@ -64,6 +70,8 @@ class Pool:
         retries: int = 0,
         task_timeout: float | None = None,
         on_error: str = "raise",
+        zero_copy_threshold: int | None = DEFAULT_THRESHOLD,
+        blas_threads: int | None = None,
     ) -> None:
         n = opt.processes(processes)
         if initializer is not None and not callable(initializer):
@@ -85,6 +93,8 @@ class Pool:
             initargs=initargs,
             max_tasks_per_worker=max_tasks,
             start_method=opt.start_method(start_method, context),
+            zero_copy_threshold=opt.zero_copy_threshold(zero_copy_threshold),
+            worker_env=opt.blas_env(blas_threads, n),
         )
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
@@ -133,6 +143,16 @@ class Pool:
             f"<manycore.Pool state={self._scheduler.state.value} processes={self._processes} "
             f"start_method={self._scheduler.start_method!r}>"
         )
+
+    def broadcast(self, obj: T) -> Broadcast[T]:
+        """Send ``obj`` to each worker once; returns a small handle to pass in task arguments.
+
+        Tasks receive the object itself (directly, inside a tuple, or through ``functools.partial``). Large
+        buffers (numpy arrays) are mapped read-only from one shared segment by every worker. ``release()`` the
+        handle, or close the pool, to free it.
+        """
+        self._check_running()
+        return self._scheduler.broadcast(obj)
 
     def statistics(self) -> dict[str, int]:
         """A snapshot: live workers, chunks in flight, jobs not finished."""

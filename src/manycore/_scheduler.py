@@ -37,6 +37,7 @@ import enum
 import itertools
 import mmap
 import os
+import pickle
 import select
 import selectors
 import signal
@@ -49,10 +50,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _channel as ch
+from . import _shm
+from ._broadcast import Broadcast, collect
 from ._chunking import Chunker
 from ._launch import Launcher, make_launcher
 from ._serialize import dumps, dumps_function, find_unpicklable, loads, unpack_exception
-from ._worker import FUNCTION_CACHE, PARTIAL, STATUS, STATUS_SIZE
+from ._worker import FUNCTION_CACHE, INPUT_KEPT, OUT_OF_BAND, PARTIAL, STATUS, STATUS_SIZE, TRACK_ITEMS
 from .errors import InitializerError, PoolClosedError, SerializationError, TaskTimeoutError, WorkerLostError
 
 DEPTH = 2  # chunks a worker holds: the one it runs and the next, already in its socket
@@ -69,7 +72,7 @@ class State(enum.Enum):
 class Chunk:
     """Consecutive items of one job, sent and answered as one message."""
 
-    __slots__ = ("cid", "first", "items", "job", "origin", "payload")
+    __slots__ = ("broadcasts", "buffers", "cid", "first", "items", "job", "origin", "payload", "segment")
 
     def __init__(self, job: Job, first: int, items: Sequence[Any], origin: int | None = None) -> None:
         self.cid = 0
@@ -77,7 +80,10 @@ class Chunk:
         self.first = first  # index of items[0] in the job's input
         self.items = items
         self.origin = first if origin is None else origin  # ``first`` of the chunk this one was split from
-        self.payload: bytes | None = None
+        self.payload: bytes | None = None  # pickled (first, items), large buffers left out of band
+        self.buffers: list[pickle.PickleBuffer] = []  # those buffers
+        self.segment: _shm.Segment | None = None  # the shared memory they occupy while in flight
+        self.broadcasts: set[int] = set()  # ids of the broadcast handles in the items
 
     def part(self, start: int, stop: int) -> Chunk:
         return Chunk(self.job, self.first + start, self.items[start:stop], self.origin)
@@ -90,24 +96,26 @@ class _FunctionCache:
     """Pickles each task function once: 2,000 ``apply`` calls of one function send it once per worker."""
 
     def __init__(self, size: int = 256) -> None:
-        self._entries: dict[int, tuple[object, int, bytes]] = {}
+        self._entries: dict[int, tuple[object, int, bytes, frozenset[int]]] = {}
         self._keys = itertools.count(1)
         self._size = size
         self._lock = threading.Lock()
 
-    def get(self, fn: object) -> tuple[int, bytes]:
+    def get(self, fn: object) -> tuple[int, bytes, frozenset[int]]:
+        """(key, pickled function, ids of the broadcast handles it holds, e.g. through functools.partial)."""
         with self._lock:
             entry = self._entries.get(id(fn))
             if entry is not None and entry[0] is fn:
-                return entry[1], entry[2]
-        blob = dumps_function(fn)
+                return entry[1], entry[2], entry[3]
+        with collect() as ids:
+            blob = dumps_function(fn)
         key = next(self._keys)
         with self._lock:
             # The entry keeps fn alive, so its id cannot be reused by another object while cached.
-            self._entries[id(fn)] = (fn, key, blob)
+            self._entries[id(fn)] = (fn, key, blob, frozenset(ids))
             if len(self._entries) > self._size:
                 del self._entries[next(iter(self._entries))]
-        return key, blob
+        return key, blob, frozenset(ids)
 
 
 class Job:
@@ -125,7 +133,7 @@ class Job:
         retries: int = 0,
     ) -> None:
         self.scheduler = scheduler
-        self.fn_key, self.fn_blob = scheduler.functions.get(fn)
+        self.fn_key, self.fn_blob, self.broadcasts = scheduler.functions.get(fn)
         self.chunker = Chunker(chunksize, scheduler.processes)
         self.task_timeout = task_timeout
         self.retries = retries
@@ -156,6 +164,7 @@ class Worker:
     __slots__ = (
         "accepting",
         "assigned",
+        "broadcasts",
         "channel",
         "fn_seq",
         "inflight",
@@ -181,6 +190,7 @@ class Worker:
         self.fn_seq = 0
         self.timed_out: tuple[int, int] | None = None  # (chunk id, item offset) the supervisor killed it for
         self.lost_at = 0.0
+        self.broadcasts: set[int] = set()  # broadcast ids this worker has
 
     def needs_function(self, key: int) -> bool:
         seen = self.known_fns.get(key)
@@ -227,13 +237,20 @@ class Scheduler:
         initargs: Sequence[Any] = (),
         max_tasks_per_worker: int | None = None,
         start_method: str,
+        zero_copy_threshold: int | None = _shm.DEFAULT_THRESHOLD,
+        worker_env: dict[str, str] | None = None,
     ) -> None:
         self.processes = processes
         self.start_method = start_method
         self.functions = _FunctionCache()
         self.state = State.RUNNING
         self.broken: BaseException | None = None
-        self._init_blob = dumps_function((initializer, tuple(initargs), max_tasks_per_worker or 0))
+        self.zero_copy_threshold = zero_copy_threshold
+        self._broadcasts: dict[int, Broadcast[Any]] = {}
+        self._segments = _shm.SegmentPool()
+        self._init_blob = dumps_function(
+            (initializer, tuple(initargs), max_tasks_per_worker or 0, zero_copy_threshold, worker_env or {})
+        )
         self._max_tasks = max_tasks_per_worker or 0
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -394,19 +411,76 @@ class Scheduler:
         for w, chunk, with_fn in assignments:
             job = chunk.job
             if chunk.payload is None:
+                collector = _shm.Collector(self.zero_copy_threshold)
                 try:
-                    chunk.payload = dumps((chunk.first, chunk.items))
+                    with collect() as chunk.broadcasts:
+                        chunk.payload = dumps((chunk.first, chunk.items), collector)
                 except Exception:
                     self._unpicklable(w, chunk)
                     continue
-                job.chunker.observe_bytes(len(chunk.items), len(chunk.payload))
+                chunk.buffers = collector.buffers
+                job.chunker.observe_bytes(
+                    len(chunk.items), len(chunk.payload) + _shm.layout_size(chunk.buffers)
+                )
+            wanted = job.broadcasts | chunk.broadcasts
+            foreign = wanted - self._broadcasts.keys()
+            if foreign:
+                self._fail_chunk(
+                    w,
+                    chunk,
+                    ValueError(
+                        f"broadcast handle(s) #{', #'.join(map(str, sorted(foreign)))} belong to another pool or "
+                        "were released; broadcast the object with this pool"
+                    ),
+                )
+                continue
+            for bid in wanted - w.broadcasts:
+                backlog |= self._send_broadcast(w, bid)
             fn = job.fn_blob if with_fn else b""
-            flags = len(fn) * 2 + (job.task_timeout is not None)
-            backlog |= w.channel.send(job.kind, chunk.cid, job.fn_key, flags, fn, chunk.payload)
+            flags = len(fn) << 2 | (TRACK_ITEMS if job.task_timeout is not None else 0)
+            if chunk.buffers:
+                chunk.segment = self._segments.acquire(_shm.layout_size(chunk.buffers))
+                data = _shm.pack(chunk.payload, chunk.buffers, chunk.segment)
+                backlog |= w.channel.send(
+                    job.kind, chunk.cid, job.fn_key, flags | OUT_OF_BAND, fn, data, fds=(chunk.segment.fd,)
+                )
+            else:
+                backlog |= w.channel.send(job.kind, chunk.cid, job.fn_key, flags, fn, chunk.payload)
         if backlog:
             self._watch_writes = True  # the supervisor must ask select() for writability
             if threading.current_thread() is not self._thread:
                 self._wake()
+
+    def broadcast(self, obj: object) -> Broadcast[Any]:
+        with self._lock:
+            if self.state is not State.RUNNING:
+                raise PoolClosedError("Pool not running: it was closed or terminated; create a new one")
+        handle: Broadcast[Any] = Broadcast(obj, self._release_broadcast)
+        with self._lock:
+            self._broadcasts[handle.bid] = handle
+        return handle
+
+    def _send_broadcast(self, w: Worker, bid: int) -> bool:
+        handle = self._broadcasts[bid]
+        w.broadcasts.add(bid)
+        fds = (handle.segment.fd,) if handle.segment is not None else ()
+        return w.channel.send(ch.BROADCAST, bid, 0, 0, handle.packed, fds=fds)
+
+    def _release_broadcast(self, handle: Broadcast[Any]) -> None:
+        with self._lock:
+            self._broadcasts.pop(handle.bid, None)
+            holders = [w for w in self._workers.values() if handle.bid in w.broadcasts]
+            for w in holders:
+                w.broadcasts.discard(handle.bid)
+        for w in holders:
+            w.channel.send(ch.RELEASE, handle.bid, 0, 0)
+
+    def _fail_chunk(self, w: Worker, chunk: Chunk, exc: BaseException) -> None:
+        with self._lock:
+            w.inflight.pop(chunk.cid, None)
+            assignments = self._assign_locked()
+        chunk.job.deliver(chunk, [None] * len(chunk.items), dict.fromkeys(range(len(chunk.items)), exc))
+        self._send(assignments)
 
     def _unpicklable(self, w: Worker, chunk: Chunk) -> None:
         what = "argument" if chunk.job.kind != ch.CALL else "call argument"
@@ -471,6 +545,8 @@ class Scheduler:
                         continue
                     for frame in frames:
                         if frame.kind == ch.RESULT:
+                            if frame.b & OUT_OF_BAND:
+                                frame.fd = w.channel.fds.popleft()
                             results.append((w, frame))
                         elif frame.kind == ch.READY:
                             w.pid, w.ready = frame.a, True
@@ -517,6 +593,9 @@ class Scheduler:
                 chunk = w.inflight.pop(frame.chunk_id, None)
                 if chunk is not None:
                     done.append((chunk, frame))
+                    if chunk.segment is not None:
+                        self._segments.release(chunk.segment, reusable=not frame.b & INPUT_KEPT)
+                        chunk.segment = None
             assignments = self._assign_locked()
         self._send(assignments)
         return done
@@ -528,7 +607,11 @@ class Scheduler:
                 continue
             job.chunker.observe_time(len(chunk.items), frame.a / 1e9)
             try:
-                if frame.b == PARTIAL:
+                if frame.fd is not None:
+                    values, _, _ = _shm.unpack(memoryview(frame.body), frame.fd)
+                    frame.fd = None
+                    errors = {}
+                elif frame.b & PARTIAL:
                     values, packed = loads(frame.body)
                     errors = {k: unpack_exception(v) for k, v in packed.items()}
                 else:
@@ -645,6 +728,9 @@ class Scheduler:
                     offset = -1  # the item is unknown: re-run the chunk one item at a time
             requeue: list[Chunk] = []
             for chunk in w.inflight.values():
+                if chunk.segment is not None:  # the dead worker's mapping is gone: the segment is free again
+                    self._segments.release(chunk.segment, reusable=True)
+                    chunk.segment = None
                 if chunk.job.closed:
                     continue
                 if chunk.cid != cid:
@@ -736,6 +822,9 @@ class Scheduler:
                 w.channel.close()
         # Closing the launcher stops the fork server, which first kills and reaps any worker still there.
         self._launcher.close()
+        self._segments.close()
+        for handle in list(self._broadcasts.values()):
+            handle.release()
         for w in workers + lost:
             self._reap(w, deadline)
             w.page.close()

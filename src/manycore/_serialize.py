@@ -8,7 +8,8 @@ with every start method, and cloudpickle's class tracking keeps a ``__main__`` c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import pickle
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cloudpickle
@@ -19,8 +20,8 @@ from .errors import RemoteTraceback, SerializationError
 __all__ = ["dumps", "dumps_function", "find_unpicklable", "loads", "unpack_exception"]
 
 
-def dumps(obj: object) -> bytes:
-    data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
+def dumps(obj: object, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None = None) -> bytes:
+    data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=buffer_callback)
     return data
 
 

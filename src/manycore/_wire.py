@@ -17,6 +17,20 @@ PROTOCOL = 5
 loads = pickle.loads
 
 
+# Objects sent once to this process by Pool.broadcast, by broadcast id (see _broadcast.py).
+BROADCASTS: dict[int, object] = {}
+
+
+def broadcast_value(bid: int) -> object:
+    """What a broadcast handle unpickles to in a worker: the object itself, mapped from shared memory."""
+    try:
+        return BROADCASTS[bid]
+    except KeyError:
+        raise LookupError(
+            f"broadcast #{bid} is not available here: it was released, or its handle was used with another pool"
+        ) from None
+
+
 def dumps(obj: object) -> bytes:
     """Pickle a result. Falls back to cloudpickle for what plain pickle refuses: lambdas, and classes the
     worker got by value from the parent's ``__main__`` (cloudpickle sends those back so that the parent

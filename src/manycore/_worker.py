@@ -13,19 +13,21 @@ import functools
 import itertools
 import mmap
 import os
+import pickle
 import signal
 import socket
 import struct
 import sys
 import time
 
+from . import _channel as ch
+from . import _shm
+from ._wire import BROADCASTS, dumps, loads, pack_exception, unpicklable_result
+
 TYPE_CHECKING = False  # see manycore/__init__.py: workers avoid importing typing
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from typing import Any
-
-from . import _channel as ch
-from ._wire import dumps, loads, pack_exception, unpicklable_result
 
 STATUS = struct.Struct(
     "<QQQ"
@@ -35,7 +37,11 @@ STATUS_SIZE = mmap.PAGESIZE
 # of this (see Worker.needs_function in _scheduler), so an evicted function is never needed.
 FUNCTION_CACHE = 1024
 
-OK, PARTIAL = 0, 1  # RESULT frame status: every item succeeded, or some items carry an error
+# Flag bits. Task frames: b = fn_len << 2 | OUT_OF_BAND | TRACK_ITEMS.
+TRACK_ITEMS, OUT_OF_BAND = 1, 2
+# RESULT frames: b = PARTIAL (some items carry an error) | OUT_OF_BAND | INPUT_KEPT (the task kept a view
+# of its input segment, which the parent must then not reuse).
+PARTIAL, INPUT_KEPT = 1, 4
 
 
 class _ParentDeathSignal:
@@ -95,7 +101,7 @@ def _run_items(
 def _pack_values(values: list[Any], errors: dict[int, bytes], first: int) -> tuple[int, bytes]:
     if not errors:
         try:
-            return OK, dumps(values)
+            return 0, dumps(values)
         except Exception:
             pass
     # Some value does not pickle (or some item failed): send the good values and an error for each bad one.
@@ -111,6 +117,43 @@ def _pack_values(values: list[Any], errors: dict[int, bytes], first: int) -> tup
             errors[offset] = unpicklable_result(value, first + offset, exc)
             good.append(None)
     return PARTIAL, dumps((good, errors))
+
+
+def _pack_results(
+    values: list[Any], errors: dict[int, bytes], first: int, threshold: int | None
+) -> tuple[int, bytes, _shm.Segment | None]:
+    """Pickle results; large buffers go out of band into a fresh segment handed to the parent."""
+    if threshold is not None and not errors:
+        collector = _shm.Collector(threshold)
+        try:
+            payload = pickle.dumps(values, protocol=5, buffer_callback=collector)
+        except Exception:
+            collector.buffers.clear()
+        else:
+            if not collector.buffers:
+                return 0, payload, None
+            segment = _shm.Segment(_shm.layout_size(collector.buffers))
+            return OUT_OF_BAND, _shm.pack(payload, collector.buffers, segment), segment
+    status, blob = _pack_values(values, errors, first)
+    return status, blob, None
+
+
+def _limit_loaded_blas(env: dict[str, str]) -> None:
+    """Environment variables only reach BLAS libraries loaded later; a forked worker may have them already."""
+    limit = env.get("OMP_NUM_THREADS")
+    if limit is None or "numpy" not in sys.modules:
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(int(limit))
+
+
+def OOB_HAS_SEGMENT(data: bytearray) -> bool:
+    """Whether an out-of-band block refers to a segment (and so to an fd that came with it)."""
+    size, _ = _shm.OOB.unpack_from(data)
+    return bool(size)
 
 
 class _Tracker:
@@ -134,7 +177,9 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
     init = ch.recv_frame(reader, pending)
     if init is None:
         return
-    initializer, initargs, max_tasks = loads(init.body)
+    initializer, initargs, max_tasks, threshold, env = loads(init.body)
+    os.environ.update(env)  # e.g. BLAS thread limits, before the initializer or a task imports numpy
+    _limit_loaded_blas(env)
     if initializer is not None:
         try:
             initializer(*initargs)
@@ -148,7 +193,14 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
         frame = ch.recv_frame(reader, pending)
         if frame is None or frame.kind == ch.STOP:
             return
-        fn_len, track = frame.b >> 1, frame.b & 1
+        if frame.kind == ch.BROADCAST:
+            fd = reader.fds.popleft() if OOB_HAS_SEGMENT(frame.body) else None
+            BROADCASTS[frame.chunk_id] = _shm.unpack(memoryview(frame.body), fd, readonly=True)[0]
+            continue
+        if frame.kind == ch.RELEASE:
+            BROADCASTS.pop(frame.chunk_id, None)
+            continue
+        fn_len, track, oob = frame.b >> 2, frame.b & TRACK_ITEMS, frame.b & OUT_OF_BAND
         body = memoryview(frame.body)
         if fn_len:
             functions[frame.a] = loads(body[:fn_len])
@@ -158,7 +210,10 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
         # Written before unpickling, so a worker that dies even there is known to have been on this chunk.
         STATUS.pack_into(page, 0, frame.chunk_id, 0, time.monotonic_ns())
         started = time.perf_counter_ns()
-        first, data = loads(body[fn_len:])
+        if oob:
+            (first, data), mapping, views = _shm.unpack(body[fn_len:], reader.fds.popleft())
+        else:
+            first, data = loads(body[fn_len:])
         tracker = _Tracker(page, frame.chunk_id) if track else None
         if frame.kind == ch.CALL:
             args, kwargs = data[0]
@@ -166,9 +221,23 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
         else:
             values, errors = _run_items(fn, data, frame.kind == ch.STARMAP, first, tracker)
         elapsed = time.perf_counter_ns() - started
-        status, blob = _pack_values(values, errors, first)
+        del data
+        status, blob, segment = _pack_results(values, errors, first, threshold)
+        del values
+        if oob and not _shm.release(mapping, views):
+            status |= INPUT_KEPT
         STATUS.pack_into(page, 0, 0, 0, 0)
-        ch.send_frame(sock, ch.RESULT, frame.chunk_id, elapsed, status, blob)
+        ch.send_frame(
+            sock,
+            ch.RESULT,
+            frame.chunk_id,
+            elapsed,
+            status,
+            blob,
+            (segment.fd,) if segment is not None else (),
+        )
+        if segment is not None:
+            segment.close()  # the parent has its own fd now; the memory lives on in its mapping
         done += 1
         if max_tasks and done >= max_tasks:
             return

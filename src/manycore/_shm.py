@@ -1,0 +1,186 @@
+"""Large buffers through shared memory: numpy arrays, bytes, bytearray and memoryview without pipe copies.
+
+Pickle protocol 5 lets an object hand its large buffers "out of band". Those above a threshold are copied once
+into a shared-memory segment, and the receiver rebuilds the object on top of the segment itself, with no copy
+(numpy arrays) or one (``bytes``, which must own its memory). Small buffers stay in the pickle.
+
+Segments are memfds: shared memory with no name. The kernel frees one when its last file descriptor and its
+last mapping are gone, so no segment can outlive its users, not even after a crash, Ctrl-C or a SIGKILL of
+the parent: there is nothing in ``/dev/shm`` to leak. A segment's fd travels with the frame that uses it.
+
+- Inputs (parent -> worker): the parent reuses segments from a small pool, because writing into memory that is
+  already mapped is an order of magnitude faster than into fresh pages. The worker maps the segment for the
+  task and unmaps it afterwards; if the task kept a view (stored an input array), the segment is retired
+  instead of reused, so the kept array never changes under it.
+- Results (worker -> parent): a fresh segment per result message, handed over: the parent's arrays live on it.
+- Broadcasts (``Pool.broadcast``): one read-only segment mapped by every worker, cached until released.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import struct
+import threading
+
+TYPE_CHECKING = False  # workers import this module: see manycore/__init__.py
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
+
+DEFAULT_THRESHOLD = 256 << 10  # buffers from this size travel through shared memory
+ALIGN = 64
+OOB = struct.Struct("<QQ")  # segment size, number of buffers; then ``n`` (offset, length) pairs
+SPAN = struct.Struct("<QQ")
+MAX_POOLED_BYTES = 1 << 30
+
+
+def _round(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+class Segment:
+    """A memfd and the parent's (or worker's) mapping of it."""
+
+    __slots__ = ("fd", "map", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = max(size, 1)
+        self.fd = os.memfd_create("manycore", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(self.fd, self.size)
+            self.map = mmap.mmap(self.fd, self.size)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:  # noqa: SIM105 (no contextlib: workers import as little as they can)
+            self.map.close()
+        except BufferError:
+            pass  # views still exported: the mapping goes when they do
+
+
+def pack(payload: bytes, buffers: list[pickle.PickleBuffer], segment: Segment | None) -> bytes:
+    """Copy ``buffers`` into ``segment`` and return the out-of-band header + table + payload."""
+    spans: list[bytes] = []
+    offset = 0
+    for buf in buffers:
+        raw = buf.raw()
+        n = raw.nbytes
+        if n:
+            assert segment is not None
+            segment.map[offset : offset + n] = raw
+        spans.append(SPAN.pack(offset, n))
+        offset = _round(offset + n)
+    size = segment.size if segment is not None and buffers else 0
+    return b"".join([OOB.pack(size, len(buffers)), *spans, payload])
+
+
+def layout_size(buffers: list[pickle.PickleBuffer]) -> int:
+    return sum(_round(buf.raw().nbytes) for buf in buffers)
+
+
+def unpack(
+    data: memoryview, fd: int | None, *, readonly: bool = False
+) -> tuple[Any, mmap.mmap | None, list[memoryview]]:
+    """Rebuild an object from header + table + payload and the segment's fd (closed here).
+
+    Returns the object, the mapping and the buffer views handed to pickle, so that the caller can tell
+    afterwards (``release``) whether anything still uses the segment.
+    """
+    size, n = OOB.unpack_from(data)
+    table = OOB.size
+    mapping = None
+    views: list[memoryview] = []
+    if fd is not None:
+        try:
+            if size:
+                mapping = mmap.mmap(fd, size, access=mmap.ACCESS_READ if readonly else mmap.ACCESS_WRITE)
+        finally:
+            os.close(fd)
+    whole = memoryview(mapping) if mapping is not None else memoryview(b"")
+    for k in range(n):
+        offset, length = SPAN.unpack_from(data, table + k * SPAN.size)
+        views.append(whole[offset : offset + length])
+    whole.release()
+    obj = pickle.loads(data[table + n * SPAN.size :], buffers=views)
+    return obj, mapping, views
+
+
+def release(mapping: mmap.mmap | None, views: Iterable[memoryview]) -> bool:
+    """Drop our views and mapping of a segment; False when the task kept some view of it."""
+    kept = False
+    for view in views:
+        try:
+            view.release()
+        except BufferError:
+            kept = True
+    if mapping is not None and not kept:
+        try:
+            mapping.close()
+        except BufferError:
+            kept = True
+    return not kept
+
+
+class Collector:
+    """``buffer_callback`` for pickle: keeps buffers from ``threshold`` bytes out of band."""
+
+    __slots__ = ("buffers", "threshold")
+
+    def __init__(self, threshold: int | None) -> None:
+        self.threshold = threshold
+        self.buffers: list[pickle.PickleBuffer] = []
+
+    def __call__(self, buf: pickle.PickleBuffer) -> bool:
+        if self.threshold is None:
+            return True
+        try:
+            size = buf.raw().nbytes
+        except BufferError:  # not contiguous: stays in band
+            return True
+        if size < self.threshold:
+            return True
+        self.buffers.append(buf)
+        return False  # out of band
+
+
+class SegmentPool:
+    """The parent's reusable input segments (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._free: list[Segment] = []
+        self._lock = threading.Lock()
+
+    def acquire(self, size: int) -> Segment:
+        with self._lock:
+            fits = [s for s in self._free if s.size >= size]
+            if fits:
+                best = min(fits, key=lambda s: s.size)
+                self._free.remove(best)
+                return best
+        # Round up, so that inputs of similar sizes can share segments.
+        return Segment(max(size, 1 << 20) if size < (64 << 20) else size)
+
+    def release(self, segment: Segment, reusable: bool) -> None:
+        if not reusable:
+            segment.close()
+            return
+        with self._lock:
+            self._free.append(segment)
+            total = sum(s.size for s in self._free)
+            while total > MAX_POOLED_BYTES and self._free:
+                victim = self._free.pop(0)
+                total -= victim.size
+                victim.close()
+
+    def close(self) -> None:
+        with self._lock:
+            for segment in self._free:
+                segment.close()
+            self._free.clear()
