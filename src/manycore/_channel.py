@@ -19,7 +19,7 @@ from collections import deque
 HEADER = struct.Struct("<BQQQQ")
 
 # Frame kinds, parent -> worker.
-MAP, STARMAP, CALL, STOP, BROADCAST, RELEASE = 1, 2, 3, 4, 5, 6
+MAP, STARMAP, CALL, STOP, BROADCAST, RELEASE, SEGMENT_FREE = 1, 2, 3, 4, 5, 6, 7
 # Frame kinds, worker -> parent.
 READY, RESULT, INIT_FAILED = 11, 12, 13
 

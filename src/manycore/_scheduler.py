@@ -415,6 +415,13 @@ class Scheduler:
                 try:
                     with collect() as chunk.broadcasts:
                         chunk.payload = dumps((chunk.first, chunk.items), collector)
+                        if (
+                            self.zero_copy_threshold is not None
+                            and len(chunk.payload) >= self.zero_copy_threshold
+                        ):
+                            collector.buffers.clear()  # something large went in band: bytes? send those out
+                            wrapped = _shm.wrap_large((chunk.first, chunk.items), self.zero_copy_threshold)
+                            chunk.payload = dumps(wrapped, collector)
                 except Exception:
                     self._unpicklable(w, chunk)
                     continue
@@ -525,7 +532,7 @@ class Scheduler:
             return 0.1
         return None
 
-    def _poll(self, timeout: float | None) -> list[tuple[Chunk, ch.Frame]]:
+    def _poll(self, timeout: float | None) -> list[tuple[Worker, Chunk, ch.Frame]]:
         results: list[tuple[Worker, ch.Frame]] = []
         for key, mask in self._selector.select(timeout):
             data = key.data
@@ -585,14 +592,14 @@ class Scheduler:
             if self.state is State.RUNNING:
                 self._break(InitializerError("the fork server process died; no worker can be started"), None)
 
-    def _on_results(self, results: list[tuple[Worker, ch.Frame]]) -> list[tuple[Chunk, ch.Frame]]:
+    def _on_results(self, results: list[tuple[Worker, ch.Frame]]) -> list[tuple[Worker, Chunk, ch.Frame]]:
         """Free the workers' slots and refill them at once; the results are delivered later (``_deliver``)."""
-        done: list[tuple[Chunk, ch.Frame]] = []
+        done: list[tuple[Worker, Chunk, ch.Frame]] = []
         with self._lock:
             for w, frame in results:
                 chunk = w.inflight.pop(frame.chunk_id, None)
                 if chunk is not None:
-                    done.append((chunk, frame))
+                    done.append((w, chunk, frame))
                     if chunk.segment is not None:
                         self._segments.release(chunk.segment, reusable=not frame.b & INPUT_KEPT)
                         chunk.segment = None
@@ -600,16 +607,20 @@ class Scheduler:
         self._send(assignments)
         return done
 
-    def _deliver(self, done: list[tuple[Chunk, ch.Frame]]) -> None:
-        for chunk, frame in done:
+    def _deliver(self, done: list[tuple[Worker, Chunk, ch.Frame]]) -> None:
+        for w, chunk, frame in done:
             job = chunk.job
             if job.closed:
+                if frame.fd is not None:  # nobody wants these results: hand the segment straight back
+                    os.close(frame.fd)
+                    w.channel.send(ch.SEGMENT_FREE, _shm.segment_id(frame.body), 0, 0)
                 continue
             job.chunker.observe_time(len(chunk.items), frame.a / 1e9)
             try:
                 if frame.fd is not None:
-                    values, _, _ = _shm.unpack(memoryview(frame.body), frame.fd)
+                    values, _, _ = _shm.unpack(memoryview(frame.body), frame.fd, copy=True)
                     frame.fd = None
+                    w.channel.send(ch.SEGMENT_FREE, _shm.segment_id(frame.body), 0, 0)
                     errors = {}
                 elif frame.b & PARTIAL:
                     values, packed = loads(frame.body)

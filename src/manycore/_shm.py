@@ -12,26 +12,28 @@ the parent: there is nothing in ``/dev/shm`` to leak. A segment's fd travels wit
   already mapped is an order of magnitude faster than into fresh pages. The worker maps the segment for the
   task and unmaps it afterwards; if the task kept a view (stored an input array), the segment is retired
   instead of reused, so the kept array never changes under it.
-- Results (worker -> parent): a fresh segment per result message, handed over: the parent's arrays live on it.
+- Results (worker -> parent): the worker lends a segment from its own pool; the parent copies the buffers
+  out into memory of its own (numpy's allocator: large, huge-page-friendly allocations, several times faster
+  to fill than fresh shared pages here) and hands the segment back (``SEGMENT_FREE``) for reuse.
 - Broadcasts (``Pool.broadcast``): one read-only segment mapped by every worker, cached until released.
 """
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import pickle
 import struct
-import threading
 
 TYPE_CHECKING = False  # workers import this module: see manycore/__init__.py
 if TYPE_CHECKING:
     from collections.abc import Iterable
-    from typing import Any
+    from typing import Any, SupportsIndex
 
 DEFAULT_THRESHOLD = 256 << 10  # buffers from this size travel through shared memory
 ALIGN = 64
-OOB = struct.Struct("<QQ")  # segment size, number of buffers; then ``n`` (offset, length) pairs
+OOB = struct.Struct("<QQQ")  # segment size, number of buffers, segment id; then ``n`` (offset, length) pairs
 SPAN = struct.Struct("<QQ")
 MAX_POOLED_BYTES = 1 << 30
 
@@ -43,9 +45,12 @@ def _round(n: int) -> int:
 class Segment:
     """A memfd and the parent's (or worker's) mapping of it."""
 
-    __slots__ = ("fd", "map", "size")
+    __slots__ = ("fd", "map", "sid", "size")
+
+    _ids = itertools.count(1)
 
     def __init__(self, size: int) -> None:
+        self.sid = next(self._ids)
         self.size = max(size, 1)
         self.fd = os.memfd_create("manycore", os.MFD_CLOEXEC)
         try:
@@ -77,23 +82,39 @@ def pack(payload: bytes, buffers: list[pickle.PickleBuffer], segment: Segment | 
             segment.map[offset : offset + n] = raw
         spans.append(SPAN.pack(offset, n))
         offset = _round(offset + n)
-    size = segment.size if segment is not None and buffers else 0
-    return b"".join([OOB.pack(size, len(buffers)), *spans, payload])
+    size, sid = (segment.size, segment.sid) if segment is not None and buffers else (0, 0)
+    return b"".join([OOB.pack(size, len(buffers), sid), *spans, payload])
 
 
 def layout_size(buffers: list[pickle.PickleBuffer]) -> int:
     return sum(_round(buf.raw().nbytes) for buf in buffers)
 
 
+def segment_id(data: bytes | bytearray | memoryview) -> int:
+    """The id of the segment an out-of-band block uses (0: none, all its buffers were empty)."""
+    return int(OOB.unpack_from(data)[2])
+
+
+def _private_copy(view: memoryview) -> Any:
+    try:
+        import numpy
+    except ImportError:
+        return bytearray(view)
+    out = numpy.empty(view.nbytes, dtype=numpy.uint8)
+    out[:] = numpy.frombuffer(view, dtype=numpy.uint8)
+    return out
+
+
 def unpack(
-    data: memoryview, fd: int | None, *, readonly: bool = False
+    data: memoryview, fd: int | None, *, readonly: bool = False, copy: bool = False
 ) -> tuple[Any, mmap.mmap | None, list[memoryview]]:
     """Rebuild an object from header + table + payload and the segment's fd (closed here).
 
     Returns the object, the mapping and the buffer views handed to pickle, so that the caller can tell
-    afterwards (``release``) whether anything still uses the segment.
+    afterwards (``release``) whether anything still uses the segment. With ``copy`` the buffers are copied
+    into private memory first and the segment is let go at once (returns no mapping and no views).
     """
-    size, n = OOB.unpack_from(data)
+    size, n, _ = OOB.unpack_from(data)
     table = OOB.size
     mapping = None
     views: list[memoryview] = []
@@ -108,6 +129,10 @@ def unpack(
         offset, length = SPAN.unpack_from(data, table + k * SPAN.size)
         views.append(whole[offset : offset + length])
     whole.release()
+    if copy:
+        copies = [_private_copy(view) for view in views]
+        release(mapping, views)
+        return pickle.loads(data[table + n * SPAN.size :], buffers=copies), None, []
     obj = pickle.loads(data[table + n * SPAN.size :], buffers=views)
     return obj, mapping, views
 
@@ -126,6 +151,53 @@ def release(mapping: mmap.mmap | None, views: Iterable[memoryview]) -> bool:
         except BufferError:
             kept = True
     return not kept
+
+
+BYTES_TYPES = (bytes, bytearray, memoryview)
+
+
+def _restore(buf: Any, kind: str) -> Any:
+    # bytes and bytearray own their memory: one copy out of the segment; a memoryview stays a view of it.
+    if kind == "bytes":
+        return bytes(buf)
+    if kind == "bytearray":
+        return bytearray(buf)
+    return memoryview(buf)
+
+
+class _Wrapped:
+    """Stands in for a large bytes-like object so that pickle sends its memory out of band.
+
+    pickle writes bytes and bytearray in band before any hook runs; a PickleBuffer is what goes out of band.
+    """
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: bytes | bytearray | memoryview) -> None:
+        self.obj = obj
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Any, tuple[Any, str]]:
+        view = memoryview(self.obj)
+        if not view.contiguous:
+            view = memoryview(view.tobytes())
+        return (_restore, (pickle.PickleBuffer(view.cast("B")), type(self.obj).__name__))
+
+
+def wrap_large(obj: Any, threshold: int, depth: int = 5) -> Any:
+    """A copy of ``obj`` whose large bytes-likes (also inside tuples, lists, dict values) go out of band.
+
+    Called only when a payload came out large, so small payloads never pay for the scan.
+    """
+    kind = type(obj)
+    if kind in BYTES_TYPES:
+        return _Wrapped(obj) if memoryview(obj).nbytes >= threshold else obj
+    if depth == 0:
+        return obj
+    if kind is tuple or kind is list:
+        return kind(wrap_large(x, threshold, depth - 1) for x in obj)
+    if kind is dict:
+        return {k: wrap_large(v, threshold, depth - 1) for k, v in obj.items()}
+    return obj
 
 
 class Collector:
@@ -150,12 +222,25 @@ class Collector:
         return False  # out of band
 
 
-class SegmentPool:
-    """The parent's reusable input segments (see the module docstring)."""
+class _NoLock:
+    def __enter__(self) -> None:
+        pass
 
-    def __init__(self) -> None:
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class SegmentPool:
+    """Reusable segments: the parent's for inputs, a worker's for results (see the module docstring)."""
+
+    def __init__(self, threads: bool = True) -> None:
         self._free: list[Segment] = []
-        self._lock = threading.Lock()
+        if threads:
+            import threading  # the parent's pool is shared by threads; a worker's is not
+
+            self._lock: Any = threading.Lock()
+        else:
+            self._lock = _NoLock()
 
     def acquire(self, size: int) -> Segment:
         with self._lock:

@@ -119,20 +119,34 @@ def _pack_values(values: list[Any], errors: dict[int, bytes], first: int) -> tup
     return PARTIAL, dumps((good, errors))
 
 
+# Segments lent to the parent for results, by id, until it sends SEGMENT_FREE; then reused.
+_RESULT_SEGMENTS = _shm.SegmentPool(threads=False)
+_LENT: dict[int, _shm.Segment] = {}
+
+
 def _pack_results(
     values: list[Any], errors: dict[int, bytes], first: int, threshold: int | None
 ) -> tuple[int, bytes, _shm.Segment | None]:
-    """Pickle results; large buffers go out of band into a fresh segment handed to the parent."""
+    """Pickle results; large buffers go out of band into a segment lent to the parent."""
     if threshold is not None and not errors:
         collector = _shm.Collector(threshold)
-        try:
+        payload = None
+        try:  # noqa: SIM105 (no contextlib in workers)
             payload = pickle.dumps(values, protocol=5, buffer_callback=collector)
         except Exception:
+            pass  # e.g. a memoryview, which plain pickle refuses: the wrapped form below handles it
+        if payload is None or len(payload) >= threshold:  # large data in band (bytes?): send it out of band
             collector.buffers.clear()
-        else:
+            try:
+                payload = pickle.dumps(
+                    _shm.wrap_large(values, threshold), protocol=5, buffer_callback=collector
+                )
+            except Exception:
+                payload = None
+        if payload is not None:
             if not collector.buffers:
                 return 0, payload, None
-            segment = _shm.Segment(_shm.layout_size(collector.buffers))
+            segment = _RESULT_SEGMENTS.acquire(_shm.layout_size(collector.buffers))
             return OUT_OF_BAND, _shm.pack(payload, collector.buffers, segment), segment
     status, blob = _pack_values(values, errors, first)
     return status, blob, None
@@ -152,7 +166,7 @@ def _limit_loaded_blas(env: dict[str, str]) -> None:
 
 def OOB_HAS_SEGMENT(data: bytearray) -> bool:
     """Whether an out-of-band block refers to a segment (and so to an fd that came with it)."""
-    size, _ = _shm.OOB.unpack_from(data)
+    size, _, _ = _shm.OOB.unpack_from(data)
     return bool(size)
 
 
@@ -200,6 +214,11 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
         if frame.kind == ch.RELEASE:
             BROADCASTS.pop(frame.chunk_id, None)
             continue
+        if frame.kind == ch.SEGMENT_FREE:
+            lent = _LENT.pop(frame.chunk_id, None)
+            if lent is not None:
+                _RESULT_SEGMENTS.release(lent, reusable=True)
+            continue
         fn_len, track, oob = frame.b >> 2, frame.b & TRACK_ITEMS, frame.b & OUT_OF_BAND
         body = memoryview(frame.body)
         if fn_len:
@@ -237,7 +256,7 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
             (segment.fd,) if segment is not None else (),
         )
         if segment is not None:
-            segment.close()  # the parent has its own fd now; the memory lives on in its mapping
+            _LENT[segment.sid] = segment
         done += 1
         if max_tasks and done >= max_tasks:
             return

@@ -1,0 +1,48 @@
+"""Task functions for the shared-memory tests."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+KEPT: list[Any] = []
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def describe(a: np.ndarray) -> tuple[str, tuple[int, ...], bool, bool, float]:
+    return (str(a.dtype), a.shape, bool(a.flags.c_contiguous), bool(a.flags.writeable), float(a.sum()))
+
+
+def keep_first(a: np.ndarray) -> float:
+    KEPT.append(a)  # keeps a view of the input: its segment must not be reused under it
+    return float(KEPT[0][0])
+
+
+def make_array(i: int) -> np.ndarray:
+    return np.full(1 << 18, float(i))
+
+
+def slice_sum(args: tuple[np.ndarray, int]) -> float:
+    arr, i = args
+    return float(arr[i * 1000 : (i + 1) * 1000].sum())
+
+
+def sum_with(arr: np.ndarray, i: int) -> float:
+    return float(arr[i])
+
+
+def is_readonly(arr: np.ndarray) -> bool:
+    return not arr.flags.writeable
+
+
+def blas_env(_: object = None) -> str | None:
+    return os.environ.get("OPENBLAS_NUM_THREADS")
+
+
+def big_sum(a: np.ndarray) -> int:
+    return int(a[:: 1 << 20].sum()) + int(a[-1])

@@ -1,0 +1,180 @@
+"""Large buffers through shared memory, broadcast, and BLAS thread limits (issue: big data without copies)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import psutil
+import pytest
+
+import manycore
+from manycore.errors import SerializationError
+
+from shm_tasks import (
+    big_sum,
+    blas_env,
+    describe,
+    identity,
+    is_readonly,
+    keep_first,
+    make_array,
+    slice_sum,
+    sum_with,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+BIG = 1 << 20  # elements: 8 MiB of float64, well above the 256 KiB threshold
+
+
+def shm_files() -> set[str]:
+    return set(os.listdir("/dev/shm"))
+
+
+@pytest.fixture
+def shm_unchanged() -> Iterator[None]:
+    before = shm_files()
+    yield
+    assert shm_files() == before
+
+
+@pytest.fixture
+def pool(no_leftover_processes: None, shm_unchanged: None) -> Iterator[manycore.Pool]:
+    with manycore.Pool(2) as p:
+        yield p
+
+
+ARRAYS = {
+    "c-order float64": np.random.default_rng(0).random(BIG),
+    "fortran 2-d": np.asfortranarray(np.arange(BIG, dtype=np.int32).reshape(1024, -1)),
+    "non-contiguous": np.arange(4 * BIG, dtype=np.float32)[::4],
+    "zero-size": np.zeros((0, 5)),
+    "object": np.array([1, "a", None] * 200_000, dtype=object),
+    "structured": np.zeros(BIG // 4, dtype=[("x", "f8"), ("y", "i4")]),
+}
+
+
+@pytest.mark.parametrize("name", list(ARRAYS))
+def test_round_trip_is_identical_to_the_pickled_path(pool: manycore.Pool, name: str) -> None:
+    arr = ARRAYS[name]
+    with manycore.Pool(2, zero_copy_threshold=None) as pickled_pool:
+        reference = pickled_pool.apply(identity, (arr,))
+    got = pool.apply(identity, (arr,))
+    for out in (got, reference):
+        assert out.dtype == arr.dtype and out.shape == arr.shape
+        assert out.flags.writeable
+    assert got.flags.c_contiguous == reference.flags.c_contiguous
+    assert got.flags.f_contiguous == reference.flags.f_contiguous
+    if arr.dtype != object:
+        assert np.array_equal(got, arr)
+    else:
+        assert list(got) == list(arr)
+
+
+def test_inputs_seen_by_the_task_match_the_pickled_path(pool: manycore.Pool) -> None:
+    arrays = [np.full(BIG, float(i)) for i in range(8)]
+    with manycore.Pool(2, zero_copy_threshold=None) as pickled_pool:
+        reference = pickled_pool.map(describe, arrays)
+    assert pool.map(describe, arrays) == reference
+
+
+def test_many_large_results_are_all_correct(pool: manycore.Pool) -> None:
+    results = pool.map(make_array, range(24))
+    assert all(r.shape == (1 << 18,) and (r == i).all() for i, r in enumerate(results))
+    results[0][:] = -1  # writable, and private: the next call's results are unaffected
+    assert all((r == i).all() for i, r in enumerate(pool.map(make_array, range(24))))
+
+
+def test_bytes_bytearray_and_memoryview_items(pool: manycore.Pool) -> None:
+    blob = os.urandom(3 << 20)
+    assert pool.apply(identity, (blob,)) == blob
+    assert pool.apply(identity, (bytearray(blob),)) == bytearray(blob)
+    view = pool.apply(identity, (memoryview(blob),))
+    assert isinstance(view, memoryview) and bytes(view) == blob
+
+
+def test_task_that_keeps_its_input_does_not_see_it_overwritten(no_leftover_processes: None) -> None:
+    with manycore.Pool(1) as pool:
+        first = np.full(BIG, 1.0)
+        assert pool.apply(keep_first, (first,)) == 1.0
+        for value in (2.0, 3.0):  # reuse of the first input's segment would change KEPT[0] in the worker
+            assert pool.apply(keep_first, (np.full(BIG, value),)) == 1.0
+
+
+def test_array_over_2_gib(pool: manycore.Pool) -> None:
+    huge = np.ones((2 << 30) + 4096, dtype=np.uint8)
+    huge[-1] = 7
+    assert pool.apply(big_sum, (huge,)) == int(huge[:: 1 << 20].sum()) + 7
+
+
+def test_broadcast_handle_in_args_tuple_and_partial(pool: manycore.Pool) -> None:
+    table = np.arange(200_000, dtype=np.float64)
+    handle = pool.broadcast(table)
+    expected = [float(table[i * 1000 : (i + 1) * 1000].sum()) for i in range(50)]
+    assert pool.map(slice_sum, [(handle, i) for i in range(50)]) == expected
+    assert pool.map(functools.partial(sum_with, handle), [1, 5]) == [1.0, 5.0]
+    assert pool.apply(is_readonly, (handle,))
+    handle.release()
+    with pytest.raises(SerializationError, match="released"):
+        pool.apply(is_readonly, (handle,))
+
+
+def test_broadcast_of_plain_objects(pool: manycore.Pool) -> None:
+    lookup = pool.broadcast({"a": 1, "b": [2, 3]})
+    assert pool.apply(lambda h: h["b"][1], (lookup,)) == 3
+
+
+def test_broadcast_handle_of_another_pool_is_rejected(pool: manycore.Pool) -> None:
+    with manycore.Pool(1) as other:
+        foreign = other.broadcast(np.zeros(10))
+        with pytest.raises(ValueError, match="another pool"):
+            pool.apply(is_readonly, (foreign,))
+
+
+@pytest.mark.filterwarnings("ignore:This process.*fork:DeprecationWarning")
+def test_broadcast_with_every_start_method(start_method: str, no_leftover_processes: None) -> None:
+    with manycore.Pool(2, start_method=start_method) as pool:
+        handle = pool.broadcast(np.arange(1_000_000, dtype=np.float64))
+        assert pool.map(slice_sum, [(handle, i) for i in range(4)]) == [
+            float(np.arange(i * 1000, (i + 1) * 1000).sum()) for i in range(4)
+        ]
+
+
+def _pss_of_tree() -> int:
+    me = psutil.Process()
+    total = me.memory_full_info().pss
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += child.memory_full_info().pss
+    return total
+
+
+def test_broadcast_memory_is_shared_by_all_workers(pool: manycore.Pool) -> None:
+    big = np.ones(256 << 17, dtype=np.float64)  # 256 MiB
+    pool.map(identity, range(4))  # workers started
+    before = _pss_of_tree()
+    handle = pool.broadcast(big)
+    assert pool.map(slice_sum, [(handle, i) for i in range(100)]) == [1000.0] * 100
+    # Touch every page of the broadcast in both workers: PSS counts shared pages once.
+    pool.map(lambda args: float(args[0][args[1] :: 512].sum()), [(handle, 0), (handle, 1)] * 2, chunksize=1)
+    added = _pss_of_tree() - before
+    assert added <= 1.15 * big.nbytes, f"broadcast added {added / 2**20:.0f} MiB for a 256 MiB array"
+
+
+def test_blas_threads_default_and_explicit(no_leftover_processes: None) -> None:
+    cores = len(os.sched_getaffinity(0))
+    with manycore.Pool(2) as pool:
+        assert set(pool.map(blas_env, range(4), chunksize=1)) == {str(max(1, cores // 2))}
+    with manycore.Pool(2, blas_threads=3) as pool:
+        assert set(pool.map(blas_env, range(4), chunksize=1)) == {"3"}
+    with pytest.raises(ValueError, match="blas_threads"):
+        manycore.Pool(2, blas_threads=0)
+
+
+def test_zero_copy_threshold_validation() -> None:
+    with pytest.raises(ValueError, match="zero_copy_threshold"):
+        manycore.Pool(2, zero_copy_threshold=-1)
