@@ -20,7 +20,7 @@ import math
 TARGET_SECONDS = 0.010
 # The tail split never goes below this much work per chunk: finer than that, messages cost more than idle cores.
 MIN_TAIL_SECONDS = 0.002
-MAX_CHUNK_BYTES = 4 << 20
+MAX_CHUNK_BYTES = 1 << 20
 MAX_RAMP = 1 << 20
 
 

@@ -28,8 +28,9 @@ from ._scheduler import Chunk, Job, Scheduler
 
 T = TypeVar("T")
 
-# imap keeps at most this many chunks' worth of items in flight or waiting to be read, per worker.
-WINDOW_CHUNKS_PER_WORKER = 4
+# imap keeps at most this many chunks pulled and not yet read, per worker: the two a worker holds
+# (scheduler DEPTH) and one ready to go.
+WINDOW_CHUNKS_PER_WORKER = 3
 
 
 def _run_callback(fn: Callable[[Any], object] | None, arg: object) -> None:
@@ -208,7 +209,10 @@ class IMapIterator(Job, Iterator[T]):
         self._bar = progress
         self._cond = threading.Condition()
         self._pulled = 0  # items taken from the source
-        self._yielded = 0  # items handed to the consumer
+        self._taken = 0  # items of the pieces handed to the consumer so far
+        self._values: list[Any] = []  # the piece being read, its errors by offset, the next offset
+        self._errors: dict[int, BaseException] = {}
+        self._pos = 0
         self._exhausted = False
         self._source_error: tuple[int, BaseException] | None = None
         self._pieces: dict[int, tuple[int, list[Any], dict[int, BaseException]]] = {}
@@ -216,7 +220,6 @@ class IMapIterator(Job, Iterator[T]):
             int, int
         ] = {}  # pulled chunks not fully handed to the consumer: origin -> items left
         self._arrivals: deque[int] = deque()  # imap_unordered: piece keys in completion order
-        self._buffer: deque[tuple[Any, BaseException | None]] = deque()
         self._failure: BaseException | None = None
         self._window = WINDOW_CHUNKS_PER_WORKER * scheduler.processes
 
@@ -252,12 +255,12 @@ class IMapIterator(Job, Iterator[T]):
             self.scheduler.more_ready(self)
 
     def _finished_locked(self) -> bool:
-        return (self._exhausted or self._source_error is not None) and self._yielded >= self._pulled
+        return (self._exhausted or self._source_error is not None) and self._taken >= self._pulled
 
     def next(self, timeout: float | None = None) -> T:
         """``next()`` with a timeout, as ``multiprocessing.pool.IMapIterator.next``."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._buffer:
+        while self._pos >= len(self._values):
             self._pull()
             with self._cond:
                 if self._failure is not None:
@@ -265,35 +268,43 @@ class IMapIterator(Job, Iterator[T]):
                 if self._take_piece_locked():
                     break
                 if self._finished_locked():
-                    self.scheduler.job_finished(self)
-                    if self._bar is not None:
-                        self._bar.close()
-                    if self._source_error is not None:
-                        _, exc = self._source_error
-                        self._source_error = (self._pulled, StopIteration())
-                        if not isinstance(exc, StopIteration):
-                            raise exc
-                    raise StopIteration
+                    self._end()
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise multiprocessing.TimeoutError(f"no result within {timeout} s")
                 _interruptible(self.scheduler, functools.partial(self._cond.wait, left))
-        value, error = self._buffer.popleft()
-        self._yielded += 1
-        if error is not None and not self._return_errors:
-            raise error
-        if error is not None:
-            return error  # type: ignore[return-value]  # on_error="return": the error stands in for the value
-        return value  # type: ignore[no-any-return]
+        return self.__next__()
 
-    __next__ = next
+    def __next__(self) -> T:
+        # The hot path, once per result: an index into the current piece, no lock, no allocation.
+        pos = self._pos
+        if pos >= len(self._values):
+            return self.next()
+        self._pos = pos + 1
+        if self._errors and pos in self._errors:
+            error = self._errors[pos]
+            if not self._return_errors:
+                raise error
+            return error  # type: ignore[return-value]  # on_error="return": the error stands in for the value
+        return self._values[pos]  # type: ignore[no-any-return]
 
     def __iter__(self) -> IMapIterator[T]:
         return self
 
+    def _end(self) -> None:
+        self.scheduler.job_finished(self)
+        if self._bar is not None:
+            self._bar.close()
+        if self._source_error is not None:
+            _, exc = self._source_error
+            self._source_error = (self._pulled, StopIteration())
+            if not isinstance(exc, StopIteration):
+                raise exc
+        raise StopIteration
+
     def _take_piece_locked(self) -> bool:
         if self._ordered:
-            piece = self._pieces.pop(self._yielded, None)
+            piece = self._pieces.pop(self._taken, None)
         else:
             piece = self._pieces.pop(self._arrivals.popleft()) if self._arrivals else None
         if piece is None:
@@ -304,7 +315,8 @@ class IMapIterator(Job, Iterator[T]):
             self._open[origin] = left
         else:
             del self._open[origin]
-        self._buffer.extend((v, errors.get(k)) for k, v in enumerate(values))
+        self._taken += len(values)
+        self._values, self._errors, self._pos = values, errors, 0
         return True
 
     def close(self) -> None:

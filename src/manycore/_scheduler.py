@@ -60,7 +60,8 @@ from .errors import InitializerError, PoolClosedError, SerializationError, TaskT
 
 DEPTH = 2  # chunks a worker holds: the one it runs and the next, already in its socket
 START_FAILURES_LIMIT = 5  # consecutive workers dying before READY: the pool cannot start workers
-EXIT_CODE_GRACE = 2.0  # seconds to wait for a lost worker's exit code before reporting without it
+EXIT_CODE_GRACE = 2.0
+SOCKET_BUFFER = 4 << 20  # seconds to wait for a lost worker's exit code before reporting without it
 
 
 class State(enum.Enum):
@@ -415,12 +416,15 @@ class Scheduler:
                 try:
                     with collect() as chunk.broadcasts:
                         chunk.payload = dumps((chunk.first, chunk.items), collector)
+                        threshold = self.zero_copy_threshold
                         if (
-                            self.zero_copy_threshold is not None
-                            and len(chunk.payload) >= self.zero_copy_threshold
+                            threshold is not None
+                            and len(chunk.payload) >= threshold
+                            and len(chunk.items) <= _shm.SCAN_ITEMS
+                            and _shm.has_large(chunk.items, threshold)
                         ):
-                            collector.buffers.clear()  # something large went in band: bytes? send those out
-                            wrapped = _shm.wrap_large((chunk.first, chunk.items), self.zero_copy_threshold)
+                            collector.buffers.clear()  # large bytes went in band: send them out of band
+                            wrapped = _shm.wrap_large((chunk.first, chunk.items), threshold)
                             chunk.payload = dumps(wrapped, collector)
                 except Exception:
                     self._unpicklable(w, chunk)
@@ -643,6 +647,10 @@ class Scheduler:
     def _start_worker_locked(self) -> None:
         wid = next(self._wids)
         mine, theirs = socket.socketpair()
+        for end in (mine, theirs):
+            # Larger socket buffers mean fewer partial sends, wakeups and flushes when chunks are large
+            # (the kernel caps the request at net.core.wmem_max).
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
         status_fd = os.memfd_create("manycore-status", 0)
         try:
             os.ftruncate(status_fd, STATUS_SIZE)

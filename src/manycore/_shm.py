@@ -183,6 +183,25 @@ class _Wrapped:
         return (_restore, (pickle.PickleBuffer(view.cast("B")), type(self.obj).__name__))
 
 
+# Chunks of more items than this are not scanned for large bytes: automatic chunking caps a chunk near 1 MiB,
+# so such chunks are made of small items, and scanning them item by item would cost more than it saves.
+SCAN_ITEMS = 64
+
+
+def has_large(obj: Any, threshold: int, depth: int = 5) -> bool:
+    """Whether ``obj`` holds a bytes-like of ``threshold`` bytes or more (where ``wrap_large`` looks)."""
+    kind = type(obj)
+    if kind in BYTES_TYPES:
+        return memoryview(obj).nbytes >= threshold
+    if depth == 0:
+        return False
+    if kind is tuple or kind is list:
+        return any(has_large(x, threshold, depth - 1) for x in obj)
+    if kind is dict:
+        return any(has_large(x, threshold, depth - 1) for x in obj.values())
+    return False
+
+
 def wrap_large(obj: Any, threshold: int, depth: int = 5) -> Any:
     """A copy of ``obj`` whose large bytes-likes (also inside tuples, lists, dict values) go out of band.
 

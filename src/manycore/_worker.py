@@ -135,7 +135,10 @@ def _pack_results(
             payload = pickle.dumps(values, protocol=5, buffer_callback=collector)
         except Exception:
             pass  # e.g. a memoryview, which plain pickle refuses: the wrapped form below handles it
-        if payload is None or len(payload) >= threshold:  # large data in band (bytes?): send it out of band
+        if payload is None or (
+            len(payload) >= threshold and len(values) <= _shm.SCAN_ITEMS and _shm.has_large(values, threshold)
+        ):
+            # Large bytes went in band (or a memoryview refused plain pickle): send them out of band.
             collector.buffers.clear()
             try:
                 payload = pickle.dumps(
