@@ -178,3 +178,23 @@ def test_blas_threads_default_and_explicit(no_leftover_processes: None) -> None:
 def test_zero_copy_threshold_validation() -> None:
     with pytest.raises(ValueError, match="zero_copy_threshold"):
         manycore.Pool(2, zero_copy_threshold=-1)
+
+
+def test_shared_array_is_broadcast_without_a_copy(pool: manycore.Pool) -> None:
+    table = manycore.shared_array((1000, 200), dtype=np.float64)
+    table[:] = np.arange(200)
+    handle = pool.broadcast(table)
+    assert handle.segment is not None
+    assert handle.nbytes < table.nbytes + 4096  # the handle's segment is the array's own memory
+    assert pool.map(slice_sum, [(handle, 0)]) == [float(table.ravel()[:1000].sum())]
+    assert pool.apply(is_readonly, (handle,))
+    handle.release()
+    table[0, 0] = 5.0  # still the caller's writable array
+    assert table[0, 0] == 5.0
+
+
+def test_shared_array_shapes_and_dtypes() -> None:
+    a = manycore.shared_array(10, dtype=np.int32)
+    b = manycore.shared_array((3, 4), dtype="f4", order="F")
+    assert a.shape == (10,) and a.dtype == np.int32 and a.flags.writeable
+    assert b.shape == (3, 4) and b.flags.f_contiguous

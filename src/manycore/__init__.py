@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ._pool import Pool as Pool
     from ._results import AsyncResult as AsyncResult
     from ._results import IMapIterator as IMapIterator
+    from ._shm import shared_array as shared_array
     from .errors import ManycoreError as ManycoreError
     from .errors import SerializationError as SerializationError
     from .errors import TaskTimeoutError as TaskTimeoutError
@@ -51,6 +52,7 @@ __all__ = (
     "errors",
     "imap",
     "map",
+    "shared_array",
 )
 
 _WHERE = {
@@ -65,6 +67,7 @@ _WHERE = {
     "errors": ".errors",
     "imap": "._api",
     "map": "._api",
+    "shared_array": "._shm",
 }
 
 

@@ -56,9 +56,16 @@ class Broadcast(Generic[T]):
         self._release = release
         collector = _shm.Collector(1)  # every buffer out of band: workers share it instead of copying it
         payload = dumps(obj, collector)
-        self.segment = _shm.Segment(_shm.layout_size(collector.buffers)) if collector.buffers else None
-        self.packed = _shm.pack(payload, collector.buffers, self.segment)
+        shared = _shm.find_shared(collector.buffers)
+        self._owns_segment = shared is None
+        if shared is not None:  # made with shared_array: the workers map the array's own memory
+            self.segment: _shm.Segment | None = shared[0]
+            self.packed = _shm.pack_in_place(payload, shared[0], shared[1])
+        else:
+            self.segment = _shm.Segment(_shm.layout_size(collector.buffers)) if collector.buffers else None
+            self.packed = _shm.pack(payload, collector.buffers, self.segment)
         self.nbytes = len(self.packed) + (self.segment.size if self.segment else 0)
+        self._obj: object = obj  # keeps a shared_array's segment open while the handle lives
         BROADCASTS[self.bid] = obj  # unpickled in the parent (e.g. in a result), it is the original
         self.released = False
 
@@ -76,8 +83,9 @@ class Broadcast(Generic[T]):
             self.released = True
             BROADCASTS.pop(self.bid, None)
             self._release(self)
-            if self.segment is not None:
+            if self.segment is not None and self._owns_segment:
                 self.segment.close()
+            self._obj = None
 
     def __repr__(self) -> str:
         state = "released" if self.released else f"{self.nbytes} bytes"

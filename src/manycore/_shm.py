@@ -120,8 +120,12 @@ def unpack(
     views: list[memoryview] = []
     if fd is not None:
         try:
-            if size:
-                mapping = mmap.mmap(fd, size, access=mmap.ACCESS_READ if readonly else mmap.ACCESS_WRITE)
+            if size and readonly:
+                # A broadcast is read by many tasks: fill the page tables in one go rather than by faults.
+                populate = getattr(mmap, "MAP_POPULATE", 0)
+                mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | populate, prot=mmap.PROT_READ)
+            elif size:
+                mapping = mmap.mmap(fd, size)
         finally:
             os.close(fd)
     whole = memoryview(mapping) if mapping is not None else memoryview(b"")
@@ -217,6 +221,81 @@ def wrap_large(obj: Any, threshold: int, depth: int = 5) -> Any:
     if kind is dict:
         return {k: wrap_large(v, threshold, depth - 1) for k, v in obj.items()}
     return obj
+
+
+# Segments behind arrays made by ``shared_array``, by the address where the parent maps them.
+_SHARED: dict[int, Segment] = {}
+
+
+def _address(buffer: Any) -> int:
+    import numpy
+
+    return int(numpy.frombuffer(buffer, dtype=numpy.uint8).ctypes.data)
+
+
+def shared_array(shape: Any, dtype: Any = float, order: str = "C") -> Any:
+    """A numpy array whose memory is a shared-memory segment, so ``Pool.broadcast`` can share it with no copy.
+
+    >>> import manycore
+    >>> table = manycore.shared_array((1000, 1000))
+    >>> table[:] = 1.0
+    >>> with manycore.Pool(2) as pool:
+    ...     handle = pool.broadcast(table)   # nothing is copied: workers map the same memory
+    ...     pool.map(lambda args: float(args[0][args[1]].sum()), [(handle, 0), (handle, 1)])
+    [1000.0, 1000.0]
+
+    Broadcasting an ordinary array copies it once into shared memory; allocating it here first avoids that
+    copy, which matters for arrays of hundreds of MiB (fresh pages cost far more to fill than to read).
+    """
+    import weakref
+
+    import numpy
+
+    dt = numpy.dtype(dtype)
+    count = 1
+    for n in (shape,) if isinstance(shape, int) else shape:
+        count *= int(n)
+    segment = Segment(count * dt.itemsize)
+    array = numpy.ndarray(shape, dtype=dt, buffer=segment.map, order=order)  # type: ignore[arg-type]
+    base = _address(segment.map)
+    _SHARED[base] = segment
+    weakref.finalize(array, _forget, base)
+    return array
+
+
+def _forget(base: int) -> None:
+    segment = _SHARED.pop(base, None)
+    if segment is not None and segment.fd >= 0:
+        os.close(segment.fd)  # the mapping stays while views of the array live
+        segment.fd = -1
+
+
+def find_shared(buffers: list[pickle.PickleBuffer]) -> tuple[Segment, list[tuple[int, int]]] | None:
+    """If every buffer lies inside one ``shared_array`` segment: that segment and each (offset, length)."""
+    if not buffers or not _SHARED:
+        return None
+    found: Segment | None = None
+    spans = []
+    for buf in buffers:
+        raw = buf.raw()
+        addr = _address(raw)
+        for base, segment in _SHARED.items():
+            if base <= addr and addr + raw.nbytes <= base + segment.size and segment.fd >= 0:
+                if found is not None and found is not segment:
+                    return None
+                found = segment
+                spans.append((addr - base, raw.nbytes))
+                break
+        else:
+            return None
+    assert found is not None
+    return found, spans
+
+
+def pack_in_place(payload: bytes, segment: Segment, spans: list[tuple[int, int]]) -> bytes:
+    """Like ``pack`` for buffers already inside ``segment``: nothing is copied."""
+    table = [SPAN.pack(offset, length) for offset, length in spans]
+    return b"".join([OOB.pack(segment.size, len(spans), segment.sid), *table, payload])
 
 
 class Collector:
