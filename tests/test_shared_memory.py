@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import os
 from collections.abc import Iterator
 
@@ -31,15 +32,28 @@ pytestmark = pytest.mark.timeout(120)
 BIG = 1 << 20  # elements: 8 MiB of float64, well above the 256 KiB threshold
 
 
-def shm_files() -> set[str]:
-    return set(os.listdir("/dev/shm"))
+def shm_state() -> tuple[int, int, set[str]]:
+    """This process's mappings and fds of manycore's memfd segments, and /dev/shm entries named for manycore.
+
+    manycore's segments are memfds (no name in /dev/shm, freed with their last fd and mapping), so "nothing
+    outlives its use" means: once the pool is closed and the results dropped, no such mapping or fd remains.
+    (Other libraries on a shared machine create /dev/shm entries of their own; only ours are looked at.)
+    """
+    gc.collect()
+    with open("/proc/self/maps") as maps:
+        mapped = sum("memfd:manycore" in line for line in maps)
+    fds = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            fds += os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:manycore")
+    return mapped, fds, {name for name in os.listdir("/dev/shm") if "manycore" in name}
 
 
 @pytest.fixture
 def shm_unchanged() -> Iterator[None]:
-    before = shm_files()
+    before = shm_state()
     yield
-    assert shm_files() == before
+    assert shm_state() == before
 
 
 @pytest.fixture

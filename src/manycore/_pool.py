@@ -15,9 +15,10 @@ from typing import Any, TypeVar
 
 from . import _options as opt
 from ._broadcast import Broadcast
+from ._jobs import State
 from ._progress import make_bar
 from ._results import ApplyResult, AsyncResult, IMapIterator, MapResult
-from ._scheduler import Scheduler, State
+from ._scheduler import Scheduler
 from ._shm import DEFAULT_THRESHOLD
 from .errors import PoolClosedError
 

@@ -23,8 +23,8 @@ from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
 from . import _channel as ch
+from ._jobs import Chunk, Job, SchedulerBase
 from ._progress import Bar
-from ._scheduler import Chunk, Job, Scheduler
 
 T = TypeVar("T")
 
@@ -44,7 +44,7 @@ def _run_callback(fn: Callable[[Any], object] | None, arg: object) -> None:
         traceback.print_exc()
 
 
-def _interruptible(scheduler: Scheduler, wait: Callable[[], bool]) -> bool:
+def _interruptible(scheduler: SchedulerBase, wait: Callable[[], bool]) -> bool:
     """Run a blocking wait; Ctrl-C stops the whole pool (no worker survives it) and propagates."""
     try:
         return wait()
@@ -58,7 +58,7 @@ class AsyncResult(Job, Generic[T]):
 
     def __init__(
         self,
-        scheduler: Scheduler,
+        scheduler: SchedulerBase,
         fn: Callable[..., Any],
         *,
         callback: Callable[[T], object] | None = None,
@@ -117,7 +117,7 @@ class ApplyResult(AsyncResult[T]):
 
     def __init__(
         self,
-        scheduler: Scheduler,
+        scheduler: SchedulerBase,
         fn: Callable[..., T],
         args: Sequence[Any],
         kwargs: dict[str, Any],
@@ -138,7 +138,7 @@ class MapResult(AsyncResult[list[T]]):
 
     def __init__(
         self,
-        scheduler: Scheduler,
+        scheduler: SchedulerBase,
         fn: Callable[..., T],
         items: Sequence[Any],
         *,
@@ -191,7 +191,7 @@ class IMapIterator(Job, Iterator[T]):
 
     def __init__(
         self,
-        scheduler: Scheduler,
+        scheduler: SchedulerBase,
         fn: Callable[..., T],
         iterable: Iterable[Any],
         *,
@@ -354,7 +354,7 @@ class FutureJob(Job):
 
     def __init__(
         self,
-        scheduler: Scheduler,
+        scheduler: SchedulerBase,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],

@@ -1,0 +1,239 @@
+"""Jobs, chunks and the bookkeeping every scheduler shares, whatever runs the chunks.
+
+A Job is one call's work (a map, an imap, one apply or submit); the API layer's result objects subclass it. A
+Chunk is consecutive items of one job, the unit that is sent, run and answered. ``SchedulerBase`` keeps the
+jobs waiting for dispatch (first come, first served), the retry queue, and what ``close(); join()`` waits for.
+Subclasses decide where chunks run: ``_scheduler.Scheduler`` on manycore's own worker processes,
+``_engine.EngineScheduler`` on threads, Dask or Ray.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import pickle
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import _channel as ch
+from . import _shm
+from ._broadcast import Broadcast, collect
+from ._chunking import Chunker
+from ._serialize import dumps_function
+from .errors import PoolClosedError
+
+
+class State(enum.Enum):
+    RUNNING = "running"
+    CLOSED = "closed"  # no new work; running work finishes
+    TERMINATED = "terminated"
+
+
+class Chunk:
+    """Consecutive items of one job, sent and answered as one message."""
+
+    __slots__ = ("broadcasts", "buffers", "cid", "first", "items", "job", "origin", "payload", "segment")
+
+    def __init__(self, job: Job, first: int, items: Sequence[Any], origin: int | None = None) -> None:
+        self.cid = 0
+        self.job = job
+        self.first = first  # index of items[0] in the job's input
+        self.items = items
+        self.origin = first if origin is None else origin  # ``first`` of the chunk this one was split from
+        self.payload: bytes | None = None  # pickled (first, items), large buffers left out of band
+        self.buffers: list[pickle.PickleBuffer] = []  # those buffers
+        self.segment: _shm.Segment | None = None  # the shared memory they occupy while in flight
+        self.broadcasts: set[int] = set()  # ids of the broadcast handles in the items
+
+    def part(self, start: int, stop: int) -> Chunk:
+        return Chunk(self.job, self.first + start, self.items[start:stop], self.origin)
+
+    def solos(self) -> list[Chunk]:
+        return [self.part(k, k + 1) for k in range(len(self.items))]
+
+
+class FunctionCache:
+    """Pickles each task function once: 2,000 ``apply`` calls of one function send it once per worker."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._entries: dict[int, tuple[object, int, bytes, frozenset[int]]] = {}
+        self._keys = itertools.count(1)
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, fn: object) -> tuple[int, bytes, frozenset[int]]:
+        """(key, pickled function, ids of the broadcast handles it holds, e.g. through functools.partial)."""
+        with self._lock:
+            entry = self._entries.get(id(fn))
+            if entry is not None and entry[0] is fn:
+                return entry[1], entry[2], entry[3]
+        with collect() as ids:
+            blob = dumps_function(fn)
+        key = next(self._keys)
+        with self._lock:
+            # The entry keeps fn alive, so its id cannot be reused by another object while cached.
+            self._entries[id(fn)] = (fn, key, blob, frozenset(ids))
+            if len(self._entries) > self._size:
+                del self._entries[next(iter(self._entries))]
+        return key, blob, frozenset(ids)
+
+
+class Job:
+    """One call's work. Subclasses (the result objects of the API) say where chunks come from and go to."""
+
+    kind = ch.MAP
+
+    def __init__(
+        self,
+        scheduler: SchedulerBase,
+        fn: Callable[..., Any],
+        *,
+        chunksize: int | None = None,
+        task_timeout: float | None = None,
+        retries: int = 0,
+    ) -> None:
+        self.scheduler = scheduler
+        self.fn_key, self.fn_blob, self.broadcasts = scheduler.functions.get(fn)
+        self.chunker = Chunker(chunksize, scheduler.processes)
+        self.task_timeout = task_timeout
+        self.retries = retries
+        self.queued: deque[Chunk] = deque()
+        self.closed = False  # set when the job needs no more chunks run (done, failed fast, cancelled)
+        self.counted = True
+        self.attempts: dict[int, int] = {}
+
+    # Called under the scheduler lock.
+    def take_locked(self) -> Chunk | None:
+        return self.queued.popleft() if self.queued else None
+
+    def start_locked(self, chunk: Chunk) -> bool:
+        """The chunk is about to be sent; False drops it (e.g. its future was cancelled)."""
+        return True
+
+    # Called without the scheduler lock, from the supervisor or the sending thread.
+    def deliver(self, chunk: Chunk, values: list[Any], errors: dict[int, BaseException]) -> None:
+        """Results for ``chunk`` (possibly a part of a chunk split after a crash); errors by offset."""
+        raise NotImplementedError
+
+    def fail_all(self, exc: BaseException) -> None:
+        """The pool can run nothing more for this job (terminated, broken)."""
+        raise NotImplementedError
+
+
+class SchedulerBase:
+    """What every scheduler shares: job bookkeeping, dispatch order, the idle condition."""
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self.functions = FunctionCache()
+        self.state = State.RUNNING
+        self.broken: BaseException | None = None
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._dispatchable: deque[Job] = deque()
+        self._retry: deque[Chunk] = deque()
+        self._jobs: weakref.WeakSet[Job] = weakref.WeakSet()
+        self._active = 0  # counted jobs submitted and not yet finished, for join()
+        self._timeouts_active = 0
+
+    # Hooks for subclasses.
+    def _assign_locked(self) -> list[Any]:
+        raise NotImplementedError
+
+    def _send(self, assignments: list[Any]) -> None:
+        raise NotImplementedError
+
+    def _wake(self) -> None:
+        pass
+
+    def _submitted(self, job: Job) -> None:
+        pass
+
+    # The rest of the interface the API layer uses.
+    start_method = ""
+
+    def terminate(self) -> None:
+        raise NotImplementedError
+
+    def join(self, timeout: float | None = None) -> bool:
+        raise NotImplementedError
+
+    def broadcast(self, obj: object) -> Broadcast[Any]:
+        raise NotImplementedError
+
+    def statistics(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def submit(self, job: Job, *, counted: bool = True) -> None:
+        """Queue a job's chunks for dispatch (its ``queued`` deque or its ``take_locked`` source).
+
+        ``counted`` jobs keep ``close(); join()`` waiting until they finish; imap jobs are not counted, since
+        their input advances only as their consumer reads: join waits for their chunks in flight instead.
+        """
+        with self._lock:
+            if self.state is not State.RUNNING:
+                raise PoolClosedError("Pool not running: it was closed or terminated; create a new one")
+            if self.broken is not None:
+                raise self.broken
+            self._jobs.add(job)
+            job.counted = counted
+            self._active += counted
+            if job.task_timeout is not None:
+                self._timeouts_active += 1
+            self._dispatchable.append(job)
+            assignments = self._assign_locked()
+        self._send(assignments)
+        self._submitted(job)
+
+    def more_ready(self, job: Job) -> None:
+        """An imap consumer pulled more chunks into ``job.queued``."""
+        with self._lock:
+            if job not in self._dispatchable:
+                self._dispatchable.append(job)
+            assignments = self._assign_locked()
+        self._send(assignments)
+
+    def job_finished(self, job: Job) -> None:
+        """A job has every result it needs (or was abandoned): stop running its chunks."""
+        with self._lock:
+            self.job_finished_locked(job)
+        if self.state is State.CLOSED:
+            self._wake()
+
+    def job_finished_locked(self, job: Job) -> None:
+        if job.closed:
+            return
+        job.closed = True
+        self._active -= job.counted
+        if job.task_timeout is not None:
+            self._timeouts_active -= 1
+        self._idle.notify_all()
+
+    def close(self) -> None:
+        with self._lock:
+            if self.state is State.RUNNING:
+                self.state = State.CLOSED
+        self._wake()
+
+    def wait_idle(self) -> None:
+        with self._lock:
+            while self._active > 0 and self.state is not State.TERMINATED and self.broken is None:
+                self._idle.wait()
+
+    def _next_chunk_locked(self) -> Chunk | None:
+        while self._retry:
+            retried = self._retry.popleft()
+            if not retried.job.closed:
+                return retried
+        while self._dispatchable:
+            job = self._dispatchable[0]
+            chunk = None if job.closed else job.take_locked()
+            if chunk is None:
+                self._dispatchable.popleft()
+                continue
+            if job.start_locked(chunk):
+                return chunk
+        return None
