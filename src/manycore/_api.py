@@ -20,6 +20,7 @@ def map(
     progress: bool | str = False,
     chunksize: int | str = "auto",
     start_method: str | None = None,
+    backend: Any = "process",
     **options: Any,
 ) -> list[R]:
     """Apply ``fn`` to every item on all cores and return the list of results.
@@ -31,7 +32,7 @@ def map(
     ``ordered=False`` returns results in completion order. Other keywords as ``Pool.map``: ``on_error``,
     ``retries``, ``task_timeout``.
     """
-    with Pool(workers, start_method=start_method) as pool:
+    with Pool(workers, start_method=start_method, backend=backend) as pool:
         if ordered:
             return pool.map(fn, iterable, chunksize, progress=progress, **options)
         return list(pool.imap_unordered(fn, iterable, chunksize, progress=progress, **options))
@@ -46,6 +47,7 @@ def imap(
     progress: bool | str = False,
     chunksize: int | str = "auto",
     start_method: str | None = None,
+    backend: Any = "process",
     **options: Any,
 ) -> Iterator[R]:
     """Lazily apply ``fn`` to the items on all cores; results as they are consumed.
@@ -56,7 +58,7 @@ def imap(
     >>> sum(manycore.imap(abs, range(-5, 5), workers=2))
     25
     """
-    pool = Pool(workers, start_method=start_method)
+    pool = Pool(workers, start_method=start_method, backend=backend)
     try:
         if ordered:
             results = pool.imap(fn, iterable, chunksize, progress=progress, **options)

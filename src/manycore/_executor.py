@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from . import _options as opt
+from ._jobs import SchedulerBase
 from ._results import FutureJob, IMapIterator
-from ._scheduler import Scheduler
 from ._shm import DEFAULT_THRESHOLD
 from .errors import PoolClosedError
 
@@ -44,20 +44,20 @@ class Executor(concurrent.futures.Executor):
         task_timeout: float | None = None,
         zero_copy_threshold: int | None = DEFAULT_THRESHOLD,
         blas_threads: int | None = None,
+        backend: Any = "process",
     ) -> None:
-        n = opt.processes(max_workers, "max_workers")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
         self._retries = opt.retries(retries)
         self._task_timeout = opt.timeout(task_timeout, "task_timeout")
-        self._scheduler = Scheduler(
-            n,
+        self._scheduler: SchedulerBase = opt.make_scheduler(
+            backend,
+            opt.processes(max_workers, "max_workers"),
             initializer=initializer,
             initargs=initargs,
-            max_tasks_per_worker=opt.max_tasks(max_tasks_per_child, "max_tasks_per_child"),
-            start_method=opt.start_method(start_method, mp_context),
-            zero_copy_threshold=opt.zero_copy_threshold(zero_copy_threshold),
-            worker_env=opt.blas_env(blas_threads, n),
+            max_tasks=opt.max_tasks(max_tasks_per_child, "max_tasks_per_child"),
+            start_method=start_method,
+            context=mp_context,
+            zero_copy_threshold=zero_copy_threshold,
+            blas_threads=blas_threads,
         )
         self._jobs: list[FutureJob] = []
 

@@ -96,6 +96,7 @@ class Job:
         retries: int = 0,
     ) -> None:
         self.scheduler = scheduler
+        self.fn = fn  # engines other than manycore's processes take the function itself
         self.fn_key, self.fn_blob, self.broadcasts = scheduler.functions.get(fn)
         self.chunker = Chunker(chunksize, scheduler.processes)
         self.task_timeout = task_timeout

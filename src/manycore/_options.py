@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from ._launch import START_METHODS, default_start_method
@@ -110,7 +110,61 @@ def blas_env(value: object, workers: int) -> dict[str, str]:
     return dict.fromkeys(BLAS_VARIABLES, str(value))
 
 
+def make_scheduler(
+    backend: object,
+    processes: int | None,
+    *,
+    initializer: Callable[..., object] | None,
+    initargs: Sequence[Any],
+    max_tasks: int | None,
+    start_method: str | None,
+    context: Any,
+    zero_copy_threshold: int | None,
+    blas_threads: int | None,
+) -> Any:
+    """The scheduler behind a Pool or Executor: manycore's processes, or an engine from ``manycore.backends``."""
+    if initializer is not None and not callable(initializer):
+        raise TypeError("initializer must be a callable")
+    if backend is None or backend == "process":
+        from ._scheduler import Scheduler
+
+        n = processes_(processes)
+        return Scheduler(
+            n,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks_per_worker=max_tasks,
+            start_method=start_method_(start_method, context),
+            zero_copy_threshold=zero_copy_threshold_(zero_copy_threshold),
+            worker_env=blas_env(blas_threads, n),
+        )
+    from . import backends
+    from ._engine import EngineScheduler
+
+    if backend == "thread":
+        backend = backends.Thread(processes_(processes), initializer, tuple(initargs))
+        initializer = None
+    engine = backends.resolve(backend, processes)
+    name = getattr(engine, "name", backend)
+    refused = {
+        "initializer": initializer is not None and not isinstance(engine, backends.Thread),
+        "maxtasksperchild": max_tasks is not None,
+        "start_method": start_method is not None or context is not None,
+    }
+    for option, given in refused.items():
+        if given:
+            raise ValueError(
+                f"{option} is not supported on the {name} backend; it applies to backend='process'"
+            )
+    return EngineScheduler(engine)  # type: ignore[arg-type]
+
+
 def function(value: object, name: str = "func") -> Callable[..., Any]:
     if not callable(value):
         raise TypeError(f"{name} must be callable, not {type(value).__name__} {value!r}")
     return value
+
+
+processes_ = processes
+start_method_ = start_method
+zero_copy_threshold_ = zero_copy_threshold

@@ -15,10 +15,9 @@ from typing import Any, TypeVar
 
 from . import _options as opt
 from ._broadcast import Broadcast
-from ._jobs import State
+from ._jobs import SchedulerBase, State
 from ._progress import make_bar
 from ._results import ApplyResult, AsyncResult, IMapIterator, MapResult
-from ._scheduler import Scheduler
 from ._shm import DEFAULT_THRESHOLD
 from .errors import PoolClosedError
 
@@ -56,6 +55,8 @@ class Pool:
       through shared memory instead of the pipe; None turns that off.
     - ``blas_threads``: BLAS/OpenMP threads per worker (default: cores // processes, at least 1), so that N
       workers do not each start one thread per core.
+    - ``backend``: ``"process"`` (default), ``"thread"``, ``"dask"``, ``"ray"``, or an object from
+      ``manycore.backends`` naming a client or cluster; see ``docs/scale-out.md``.
     """
 
     def __init__(
@@ -73,10 +74,8 @@ class Pool:
         on_error: str = "raise",
         zero_copy_threshold: int | None = DEFAULT_THRESHOLD,
         blas_threads: int | None = None,
+        backend: Any = "process",
     ) -> None:
-        n = opt.processes(processes)
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
         if maxtasksperchild is not None and max_tasks_per_worker is not None:
             raise TypeError("pass maxtasksperchild or max_tasks_per_worker, not both")
         max_tasks = opt.max_tasks(
@@ -87,16 +86,18 @@ class Pool:
             "task_timeout": opt.timeout(task_timeout, "task_timeout"),
             "on_error": opt.on_error(on_error),
         }
-        self._processes = n
-        self._scheduler = Scheduler(
-            n,
+        self._scheduler: SchedulerBase = opt.make_scheduler(
+            backend,
+            processes,
             initializer=initializer,
             initargs=initargs,
-            max_tasks_per_worker=max_tasks,
-            start_method=opt.start_method(start_method, context),
-            zero_copy_threshold=opt.zero_copy_threshold(zero_copy_threshold),
-            worker_env=opt.blas_env(blas_threads, n),
+            max_tasks=max_tasks,
+            start_method=start_method,
+            context=context,
+            zero_copy_threshold=zero_copy_threshold,
+            blas_threads=blas_threads,
         )
+        self._processes = self._scheduler.processes
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
@@ -145,7 +146,7 @@ class Pool:
             f"start_method={self._scheduler.start_method!r}>"
         )
 
-    def broadcast(self, obj: T) -> Broadcast[T]:
+    def broadcast(self, obj: T) -> Broadcast[T] | Any:
         """Send ``obj`` to each worker once; returns a small handle to pass in task arguments.
 
         Tasks receive the object itself (directly, inside a tuple, or through ``functools.partial``). Large

@@ -70,7 +70,7 @@ class _ParentDeathSignal:
 set_parent_death_signal = _ParentDeathSignal()
 
 
-def _run_items(
+def run_items(
     fn: Callable[..., Any], items: Iterable[Any], star: bool, first: int, track: Callable[[int], None] | None
 ) -> tuple[list[Any], dict[int, bytes]]:
     """Apply fn to every item; an item that raises records its error and the others still run."""
@@ -239,9 +239,9 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
         tracker = _Tracker(page, frame.chunk_id) if track else None
         if frame.kind == ch.CALL:
             args, kwargs = data[0]
-            values, errors = _run_items(functools.partial(fn, *args, **kwargs), ((),), True, first, tracker)
+            values, errors = run_items(functools.partial(fn, *args, **kwargs), ((),), True, first, tracker)
         else:
-            values, errors = _run_items(fn, data, frame.kind == ch.STARMAP, first, tracker)
+            values, errors = run_items(fn, data, frame.kind == ch.STARMAP, first, tracker)
         elapsed = time.perf_counter_ns() - started
         del data
         status, blob, segment = _pack_results(values, errors, first, threshold)

@@ -1,0 +1,189 @@
+"""Running jobs on an execution engine that manycore does not own: threads, Dask, Ray.
+
+``EngineScheduler`` keeps every job semantic of the process pool (ordered map, lazy imap with a bounded window,
+automatic chunking, ``on_error``, ``retries``, progress bars, remote tracebacks) and hands each chunk to the
+engine as one task, ``run_chunk(fn, kind, first, items)``. At most ``DEPTH x slots`` chunks are in the engine
+at once, which is what keeps imap lazy and memory flat there too.
+
+Chunks matter even more on these engines than locally: a Dask or Ray task costs milliseconds of scheduling,
+so one task per item (plain ``client.map``) drowns tiny items in overhead.
+
+What an engine cannot do is refused with a clear error rather than ignored: threads and Dask cannot stop a
+running task, so ``task_timeout`` is refused there.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from . import _channel as ch
+from ._jobs import Chunk, Job, SchedulerBase, State
+from ._serialize import unpack_exception
+from ._worker import run_items
+from .errors import PoolClosedError, WorkerLostError
+
+DEPTH = 2
+
+
+def run_chunk(
+    fn: Callable[..., Any], kind: int, first: int, items: list[Any]
+) -> tuple[list[Any], dict[int, bytes]]:
+    """One chunk, on whatever runs it; per-item errors come back pickled with their traceback text."""
+    if kind == ch.CALL:
+        args, kwargs = items[0]
+        return run_items(lambda _: fn(*args, **kwargs), (None,), False, first, None)
+    return run_items(fn, items, kind == ch.STARMAP, first, None)
+
+
+class Engine:
+    """What EngineScheduler needs from an engine. Subclasses live in ``manycore.backends``."""
+
+    name = "engine"
+    slots = 1  # tasks that can run at once
+    supports_timeout = False
+
+    def start(self) -> None:
+        """Connect or start; called once by the scheduler."""
+
+    def run(self, chunk: Chunk, done: Callable[[Chunk, Any, BaseException | None], None]) -> None:
+        """Run ``run_chunk`` for the chunk; call ``done(chunk, result, error)`` from any thread when finished."""
+        raise NotImplementedError
+
+    def is_worker_lost(self, exc: BaseException) -> bool:
+        """Whether an error means the engine's worker died running the chunk (then it is re-run, like locally)."""
+        return False
+
+    def broadcast(self, obj: object) -> Any:
+        raise NotImplementedError(f"broadcast is not available on the {self.name} backend")
+
+    def close(self) -> None:
+        """Release what ``start`` acquired; never shuts down a cluster the user created."""
+
+
+class EngineScheduler(SchedulerBase):
+    """The scheduler for external engines: same jobs and semantics, chunks run by ``engine.run``."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine.slots)
+        self.start_method = engine.name
+        self._engine = engine
+        self._inflight = 0
+        self._stopped = threading.Event()
+        engine.start()
+
+    # ---- dispatch ----------------------------------------------------------------------------------------
+
+    def submit(self, job: Job, *, counted: bool = True) -> None:
+        if job.task_timeout is not None and not self._engine.supports_timeout:
+            raise ValueError(
+                f"task_timeout is not supported on the {self._engine.name} backend: it cannot stop a task "
+                "that is running. Use the process backend for per-task timeouts."
+            )
+        super().submit(job, counted=counted)
+
+    def _assign_locked(self) -> list[Chunk]:
+        out: list[Chunk] = []
+        if self.state is State.TERMINATED:
+            return out
+        while self._inflight < DEPTH * self.processes:
+            chunk = self._next_chunk_locked()
+            if chunk is None:
+                break
+            self._inflight += 1
+            out.append(chunk)
+        return out
+
+    def _send(self, assignments: list[Chunk]) -> None:
+        for chunk in assignments:
+            try:
+                self._engine.run(chunk, self._done)
+            except Exception as exc:  # e.g. an argument the engine cannot serialize
+                self._done(chunk, None, exc)
+
+    def _done(self, chunk: Chunk, result: Any, error: BaseException | None) -> None:
+        job = chunk.job
+        requeue: list[Chunk] = []
+        if error is None:
+            values, packed = result
+            if not job.closed:
+                job.deliver(chunk, values, {k: unpack_exception(v) for k, v in packed.items()})
+        elif self._engine.is_worker_lost(error) and not job.closed:
+            if len(chunk.items) > 1:
+                requeue = chunk.solos()  # find the item that kills workers, as the process pool does
+            else:
+                index = chunk.first
+                tries = job.attempts[index] = job.attempts.get(index, 0) + 1
+                if tries <= job.retries:
+                    requeue = [chunk.part(0, 1)]
+                else:
+                    lost = WorkerLostError(
+                        f"the {self._engine.name} worker running item #{index} died ({error})", index=index
+                    )
+                    lost.__cause__ = error
+                    job.deliver(chunk, [None], {0: lost})
+        elif not job.closed:
+            job.deliver(chunk, [None] * len(chunk.items), dict.fromkeys(range(len(chunk.items)), error))
+        with self._lock:
+            self._inflight -= 1
+            self._retry.extendleft(reversed(requeue))
+            assignments = self._assign_locked()
+            finished = self.state is State.CLOSED and self._idle_locked()
+        self._send(assignments)
+        if finished:
+            self._stop()
+
+    def _idle_locked(self) -> bool:
+        return self._active == 0 and self._inflight == 0 and not self._retry
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        super().close()
+        with self._lock:
+            finished = self._idle_locked()
+        if finished:
+            self._stop()
+
+    def job_finished(self, job: Job) -> None:
+        super().job_finished(job)
+        if self.state is State.CLOSED:
+            with self._lock:
+                finished = self._idle_locked()
+            if finished:
+                self._stop()
+
+    def _stop(self) -> None:
+        if not self._stopped.is_set():
+            self._stopped.set()
+            self._engine.close()
+
+    def join(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def terminate(self) -> None:
+        with self._lock:
+            if self.state is State.TERMINATED:
+                return
+            self.state = State.TERMINATED
+            jobs = list(self._jobs)
+            self._idle.notify_all()
+        for job in jobs:
+            if not job.closed:
+                job.fail_all(PoolClosedError("the pool was terminated before this task finished"))
+        self._stop()
+
+    def broadcast(self, obj: object) -> Any:
+        with self._lock:
+            if self.state is not State.RUNNING:
+                raise PoolClosedError("Pool not running: it was closed or terminated; create a new one")
+        return self._engine.broadcast(obj)
+
+    def statistics(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "workers": self.processes,
+                "chunks_in_flight": self._inflight,
+                "jobs_active": self._active,
+            }
