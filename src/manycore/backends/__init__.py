@@ -144,7 +144,8 @@ class Dask(Engine):
         return type(exc).__name__ == "KilledWorker"
 
     def broadcast(self, obj: object) -> Any:
-        return self._client.scatter(obj, broadcast=True, hash=False)
+        # A Dask future: Dask hands tasks the object in its place, even inside lists and tuples.
+        return self._client.scatter([obj], broadcast=True, hash=False)[0]
 
     def close(self) -> None:
         if self._owned and self._client is not None:
@@ -182,23 +183,34 @@ class Ray(Engine):
 
     def run(self, chunk: Chunk, done: Callable[[Chunk, Any, BaseException | None], None]) -> None:
         job = chunk.job
-        ref = self._remote.remote(job.fn, job.kind, chunk.first, list(chunk.items))
+        items = _substitute(list(chunk.items), lambda h: h.ref, RayHandle)
+        ref = self._remote.remote(job.fn, job.kind, chunk.first, items)
         future = ref.future()
         future.add_done_callback(lambda f: done(chunk, None if f.exception() else f.result(), f.exception()))
 
     def is_worker_lost(self, exc: BaseException) -> bool:
         return type(exc).__name__ in ("WorkerCrashedError", "NodeDiedError", "ActorDiedError")
 
-    def broadcast(self, obj: object) -> Any:
+    def broadcast(self, obj: object) -> RayHandle:
         import ray
 
-        return ray.put(obj)
+        return RayHandle(ray.put(obj))
 
     def close(self) -> None:
         if self._started:
             import ray
 
             ray.shutdown()
+
+
+class RayHandle:
+    """``Pool.broadcast`` on Ray: the object is in Ray's object store once; tasks receive the object."""
+
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
+
+    def release(self) -> None:
+        self.ref = None  # Ray frees the object once no reference to it is left
 
 
 def _ray_chunk(fn: Callable[..., Any], kind: int, first: int, items: list[Any]) -> Any:

@@ -1,0 +1,88 @@
+"""One contract suite, every backend: the ``backend`` fixture yields a Pool factory for each engine.
+
+Real engines: a session-scoped Dask LocalCluster (2 worker processes, loopback only) and, where ray is
+installed, a session-scoped local Ray runtime (2 CPUs, no dashboard, its files in a temporary directory).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import manycore
+
+BACKENDS = ["process", "thread", "dask", "ray"]
+
+
+@pytest.fixture(scope="session")
+def dask_client() -> Iterator[Any]:
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+@pytest.fixture(scope="session")
+def ray_runtime() -> Iterator[None]:
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not installed for this Python (pip install manycore[ray])")
+    import ray
+
+    # Keep every file Ray writes (sockets, logs, session data) in one temporary directory, removed after.
+    tmp = tempfile.mkdtemp(prefix="manycore-ray-")
+    here = os.path.dirname(__file__)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",  # loopback only
+        _temp_dir=tmp,
+        log_to_driver=False,
+        configure_logging=False,
+        # Ray's workers do not inherit the test runner's sys.path: make the test task modules importable.
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([here, os.path.dirname(here)])}},
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(params=BACKENDS)
+def make_pool(request: pytest.FixtureRequest) -> Callable[..., manycore.Pool]:
+    name = request.param
+    if name == "dask":
+        request.getfixturevalue("dask_client")
+    if name == "ray":
+        request.getfixturevalue("ray_runtime")
+
+    def make(**options: Any) -> manycore.Pool:
+        if name in ("process", "thread"):
+            options.setdefault("processes", 2)
+        return manycore.Pool(backend=name, **options)
+
+    make.backend = name  # type: ignore[attr-defined]
+    return make
+
+
+@pytest.fixture
+def backend_name(make_pool: Callable[..., manycore.Pool]) -> str:
+    return str(make_pool.backend)  # type: ignore[attr-defined]
+
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -1,0 +1,108 @@
+"""The same tests for every backend: the Pool API keeps its meaning on processes, threads, Dask and Ray."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import pytest
+
+import manycore
+
+from contract_tasks import add, fail_on_three, nap, pick, square
+
+pytestmark = pytest.mark.timeout(180)
+
+MakePool = Callable[..., manycore.Pool]
+
+
+def test_ordered_map_and_starmap(make_pool: MakePool) -> None:
+    with make_pool() as pool:
+        assert pool.map(square, range(2000)) == [x * x for x in range(2000)]
+        assert pool.starmap(add, [(1, 2), (3, 4)]) == [3, 7]
+        assert pool.map(square, []) == []
+
+
+def test_lazy_imap_and_imap_unordered(make_pool: MakePool) -> None:
+    with make_pool() as pool:
+        assert list(itertools.islice(pool.imap(square, itertools.count()), 5)) == [0, 1, 4, 9, 16]
+        assert sorted(pool.imap_unordered(square, iter(range(100)))) == [x * x for x in range(100)]
+
+
+def test_apply_async_and_callbacks(make_pool: MakePool) -> None:
+    got: list[int] = []
+    with make_pool() as pool:
+        result = pool.apply_async(add, (20, 22), callback=got.append)
+        assert result.get(60) == 42
+        assert got == [42]
+        assert pool.apply(square, (9,)) == 81
+
+
+def test_errors_keep_type_and_on_error_return(make_pool: MakePool) -> None:
+    with make_pool() as pool:
+        with pytest.raises(ValueError, match="item 3 is bad") as info:
+            pool.map(fail_on_three, range(6))
+        assert isinstance(info.value.__cause__, manycore.errors.RemoteTraceback)
+        out = pool.map(fail_on_three, range(6), on_error="return")
+        assert isinstance(out[3], ValueError) and out[:3] == [0, 1, 2] and out[4:] == [4, 5]
+
+
+def test_lambdas_and_progress(make_pool: MakePool, capsys: pytest.CaptureFixture[str]) -> None:
+    offset = 5
+    with make_pool() as pool:
+        assert pool.map(lambda x: x + offset, range(50), progress="always") == [x + 5 for x in range(50)]
+    assert "50/50" in capsys.readouterr().err
+
+
+def test_broadcast_is_sent_once_and_tasks_get_the_object(make_pool: MakePool) -> None:
+    with make_pool() as pool:
+        handle = pool.broadcast(list(range(100)))
+        assert pool.map(pick, [(handle, 3), (handle, 99)], chunksize=1) == [3, 99]
+        handle.release()
+
+
+def test_task_timeout_is_enforced_or_clearly_refused(make_pool: MakePool, backend_name: str) -> None:
+    with make_pool() as pool:
+        if backend_name == "process":
+            out = pool.map(nap, [0.01, 30.0], task_timeout=1, on_error="return", chunksize=1)
+            assert out[0] == 0.01 and isinstance(out[1], manycore.TaskTimeoutError)
+        else:
+            with pytest.raises(ValueError, match="task_timeout is not supported"):
+                pool.map(nap, [0.01], task_timeout=1)
+
+
+def test_executor_on_the_backend(make_pool: MakePool, backend_name: str) -> None:
+    with manycore.Executor(max_workers=2, backend=backend_name) as ex:
+        assert ex.submit(add, 1, 2).result(60) == 3
+        assert list(ex.map(square, range(10))) == [x * x for x in range(10)]
+
+
+def test_one_call_helpers_on_the_backend(make_pool: MakePool, backend_name: str) -> None:
+    assert manycore.map(square, range(10), workers=2, backend=backend_name) == [x * x for x in range(10)]
+    assert sorted(manycore.imap(square, range(5), workers=2, backend=backend_name, ordered=False)) == [
+        0,
+        1,
+        4,
+        9,
+        16,
+    ]
+
+
+def test_unsupported_options_are_refused(make_pool: MakePool, backend_name: str) -> None:
+    if backend_name == "process":
+        pytest.skip("the process backend supports every option")
+    with pytest.raises(ValueError, match="maxtasksperchild is not supported"):
+        make_pool(maxtasksperchild=2)
+
+
+def test_closing_the_pool_keeps_the_users_cluster(make_pool: MakePool, backend_name: str) -> None:
+    with make_pool() as pool:
+        pool.map(square, range(10))
+    if backend_name == "dask":
+        import distributed
+
+        assert distributed.get_client().status == "running"
+    if backend_name == "ray":
+        import ray
+
+        assert ray.is_initialized()
