@@ -10,6 +10,11 @@ so one task per item (plain ``client.map``) drowns tiny items in overhead.
 
 What an engine cannot do is refused with a clear error rather than ignored: threads and Dask cannot stop a
 running task, so ``task_timeout`` is refused there.
+
+A worker lost on an engine does not say which task killed it: Dask, for one, blames every task that was
+queued on that worker. So the items of a lost chunk become suspects, and each suspect is re-run alone, with
+nothing else in the engine; a suspect whose worker dies while it runs alone is the culprit. That costs some
+parallelism, only after a crash, and is what lets the culprit fail alone while every other item succeeds.
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ class EngineScheduler(SchedulerBase):
         self.start_method = engine.name
         self._engine = engine
         self._inflight = 0
+        self._suspects: list[Chunk] = []  # items of lost chunks, to be re-run one at a time
+        self._isolated: Chunk | None = None  # the suspect running alone now
         self._stopped = threading.Event()
         engine.start()
 
@@ -86,6 +93,12 @@ class EngineScheduler(SchedulerBase):
     def _assign_locked(self) -> list[Chunk]:
         out: list[Chunk] = []
         if self.state is State.TERMINATED:
+            return out
+        if self._suspects:
+            if self._inflight == 0:  # drained: run the next suspect alone
+                self._isolated = self._suspects.pop(0)
+                self._inflight = 1
+                out.append(self._isolated)
             return out
         while self._inflight < DEPTH * self.processes:
             chunk = self._next_chunk_locked()
@@ -105,13 +118,14 @@ class EngineScheduler(SchedulerBase):
     def _done(self, chunk: Chunk, result: Any, error: BaseException | None) -> None:
         job = chunk.job
         requeue: list[Chunk] = []
+        suspects: list[Chunk] = []
         if error is None:
             values, packed = result
             if not job.closed:
                 job.deliver(chunk, values, {k: unpack_exception(v) for k, v in packed.items()})
         elif self._engine.is_worker_lost(error) and not job.closed:
-            if len(chunk.items) > 1:
-                requeue = chunk.solos()  # find the item that kills workers, as the process pool does
+            if chunk is not self._isolated:
+                suspects = chunk.solos()  # it may have been the victim of another task: re-run alone
             else:
                 index = chunk.first
                 tries = job.attempts[index] = job.attempts.get(index, 0) + 1
@@ -127,6 +141,9 @@ class EngineScheduler(SchedulerBase):
             job.deliver(chunk, [None] * len(chunk.items), dict.fromkeys(range(len(chunk.items)), error))
         with self._lock:
             self._inflight -= 1
+            if chunk is self._isolated:
+                self._isolated = None
+            self._suspects.extend(suspects)
             self._retry.extendleft(reversed(requeue))
             assignments = self._assign_locked()
             finished = self.state is State.CLOSED and self._idle_locked()
@@ -135,7 +152,7 @@ class EngineScheduler(SchedulerBase):
             self._stop()
 
     def _idle_locked(self) -> bool:
-        return self._active == 0 and self._inflight == 0 and not self._retry
+        return self._active == 0 and self._inflight == 0 and not self._retry and not self._suspects
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
 

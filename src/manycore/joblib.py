@@ -16,7 +16,12 @@ import inspect
 from typing import Any
 
 import joblib
-from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase, PoolManagerMixin, SequentialBackend
+from joblib._parallel_backends import (
+    AutoBatchingMixin,
+    ParallelBackendBase,
+    PoolManagerMixin,
+    SequentialBackend,
+)
 from joblib.parallel import FallbackToBackend
 
 from ._pool import Pool
@@ -31,8 +36,14 @@ class ManycoreBackend(PoolManagerMixin, AutoBatchingMixin, ParallelBackendBase):
     supports_return_generator = True
     supports_timeout = True
 
-    def configure(self, n_jobs: int = 1, parallel: Any = None, prefer: Any = None, require: Any = None,
-                  **pool_options: Any) -> int:
+    def configure(
+        self,
+        n_jobs: int = 1,
+        parallel: Any = None,
+        prefer: Any = None,
+        require: Any = None,
+        **pool_options: Any,
+    ) -> int:
         n_jobs = self.effective_n_jobs(n_jobs)
         if n_jobs == 1:
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))

@@ -27,3 +27,11 @@ def nap(x: float) -> float:
 def pick(args: tuple[list[int], int]) -> int:
     table, i = args
     return table[i]
+
+
+def exit_on_three(x: int) -> int:
+    import os
+
+    if x == 3:
+        os._exit(7)  # the worker process dies, as in a crash
+    return x

@@ -9,7 +9,7 @@ import pytest
 
 import manycore
 
-from contract_tasks import add, fail_on_three, nap, pick, square
+from contract_tasks import add, exit_on_three, fail_on_three, nap, pick, square
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -106,3 +106,13 @@ def test_closing_the_pool_keeps_the_users_cluster(make_pool: MakePool, backend_n
         import ray
 
         assert ray.is_initialized()
+
+
+def test_dead_worker_fails_only_its_item(make_pool: MakePool, backend_name: str) -> None:
+    if backend_name == "thread":
+        pytest.skip("a thread backend has no worker process to lose")
+    with make_pool() as pool:
+        out = pool.map(exit_on_three, range(6), chunksize=3, on_error="return")
+        assert out[:3] == [0, 1, 2] and out[4:] == [4, 5]
+        assert isinstance(out[3], manycore.WorkerLostError)
+        assert pool.map(square, range(4)) == [0, 1, 4, 9]  # still usable
