@@ -4,13 +4,13 @@
     python benchmarks/run.py [--libs manycore,mp,...] [--workloads W1,W2,...] [--repeats 3]
                              [--workers 2] [--json PATH] [--timeout 300]
 
-Every (library, workload, repeat) runs in a fresh `sys.executable` child (this script with --child), so
-cold start (W6) and peak memory (W7, W8) are measured from a clean process, and a hang or crash costs one
-cell, not the run. The repeats of a workload are interleaved across libraries so that drift of this shared
+Every (library, workload, repeat) runs in a fresh `sys.executable` child (workloads.child_main), so cold
+start (W6) and peak memory (W7, W8) are measured from a clean process, and a hang or crash costs one cell,
+not the run. The repeats of a workload are interleaved across libraries so that drift of this shared
 machine spreads over all of them instead of landing on one.
 
-Only the standard library is imported at module level: spawn-based workers re-import this file as
-__mp_main__.
+The child is started with `python -c`: a main module without a file is one that spawn-based workers (loky,
+joblib) do not re-run, so they start as light as a user's small script would let them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import statistics
 import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -38,10 +37,25 @@ if BENCH_DIR not in sys.path:
 
 import workloads  # noqa: E402  (needs BENCH_DIR on sys.path)
 
-RESULT_TAG = "@@bench-result@@ "
-ALL_LIBS = ["manycore", "serial", "mp", "mp-fork", "ppe", "ppe1", "joblib", "loky", "mpire", "pebble"]
-NOT_PEERS = {"manycore", "serial"}  # excluded from "best peer"
-ONLY_IN = {"ppe1": {"W1"}, "mp-fork": {"W6"}}  # variants that only mean something in one workload
+RESULT_TAG = workloads.RESULT_TAG
+CHILD_BOOTSTRAP = "import sys, workloads; workloads.child_main(sys.argv[1:])"
+ALL_LIBS = [
+    "manycore",
+    "manycore-shm",
+    "serial",
+    "mp",
+    "mp-fork",
+    "ppe",
+    "ppe1",
+    "joblib",
+    "loky",
+    "mpire",
+    "pebble",
+]
+NOT_PEERS = {"manycore", "manycore-shm", "serial"}  # excluded from "best peer"
+# Variants that only mean something in one workload. manycore-shm: W8 with the array made by
+# manycore.shared_array, so that broadcasting it copies nothing.
+ONLY_IN = {"ppe1": {"W1"}, "mp-fork": {"W6"}, "manycore-shm": {"W8"}}
 DISTRIBUTIONS = {
     "manycore": "manycore",
     "joblib": "joblib",
@@ -102,16 +116,8 @@ FIGURES = [
 
 
 # --------------------------------------------------------------------------------------------------------
-# Child side: --child runs one workload, --probe reports which libraries import.
+# Probe: a child (--probe) reports which libraries import, and their versions.
 # --------------------------------------------------------------------------------------------------------
-
-
-def child_main(library: str, workload: str, params: workloads.Params) -> None:
-    try:
-        payload: dict[str, Any] = {"figures": workloads.run_workload(library, workload, params)}
-    except Exception as exc:  # reported as ERROR in the table; the run goes on
-        payload = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-    print(RESULT_TAG + json.dumps(payload), flush=True)
 
 
 def _version(distribution: str) -> str | None:
@@ -162,6 +168,7 @@ class Record:
     status: str  # "ok", "ERROR" or "TIMEOUT"
     figures: dict[str, Any] = field(default_factory=dict)
     message: str = ""
+    detail: str = ""  # the child's traceback for an ERROR (JSON only)
     harness_s: float = 0.0  # the child's whole life: start-up, data preparation, workload, shutdown
 
     @property
@@ -189,30 +196,58 @@ def become_subreaper() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
 
 
-def end_strays(grace_s: float = 5.0) -> list[str]:
-    """Wait for the processes a finished child left behind to exit; kill and name those that do not."""
+def _live_descendants() -> list[Any]:
+    """Our descendants that still run; the exited ones that are our children (adopted) get reaped."""
     import psutil
 
-    me = psutil.Process()
+    alive = []
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess, ChildProcessError):
+            if process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+            elif process.ppid() == os.getpid():
+                os.waitpid(process.pid, os.WNOHANG)
+    return alive
+
+
+def end_strays(grace_s: float = 5.0) -> list[str]:
+    """Wait for what a finished child left behind to exit; stop and name those that do not.
+
+    SIGTERM before SIGKILL: resource trackers ignore SIGTERM but exit, after unlinking the semaphores and
+    shared memory they track, once the processes holding their pipe are gone. Killing them outright
+    would leave those files in /dev/shm.
+    """
+    import psutil
+
     deadline = time.monotonic() + grace_s
-    while True:
-        alive = []
-        for process in me.children(recursive=True):
-            with contextlib.suppress(psutil.NoSuchProcess, ChildProcessError):
-                if process.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(process)
-                elif process.ppid() == os.getpid():
-                    os.waitpid(process.pid, os.WNOHANG)  # an adopted orphan that exited: reap it
-        if not alive or time.monotonic() > deadline:
-            break
+    while (alive := _live_descendants()) and time.monotonic() < deadline:
         time.sleep(0.05)
     named = []
     for process in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             named.append(f"pid {process.pid}: {' '.join(process.cmdline())[:100]}")
-            process.kill()
-    psutil.wait_procs(alive, timeout=5)
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for process in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(signum)
+        _gone, alive = psutil.wait_procs(alive, timeout=3)
+        if not alive:
+            break
     return named
+
+
+def stop_child(child: subprocess.Popen[str]) -> tuple[str, str]:
+    """Kill the child alone first: its workers and resource trackers notice and exit on their own, and
+    the trackers unlink the semaphores and shared memory they registered (killing the whole process group
+    at once leaves those in /dev/shm). Whatever still holds the output pipes after a grace period is killed.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        child.kill()
+    try:
+        return child.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        end_strays(grace_s=0)
+        return child.communicate()
 
 
 def _parse_child_output(stdout: str) -> dict[str, Any] | None:
@@ -238,15 +273,15 @@ class ChildOutcome:
     seconds: float
 
 
-def run_child(argv: list[str], timeout_s: float, sample_footprint: bool) -> ChildOutcome:
+def run_child(command: list[str], timeout_s: float, sample_footprint: bool) -> ChildOutcome:
     """Run one child to completion or timeout, sampling its tree's footprint if asked, then clean up."""
     from footprint import PeakSampler, new_shm_files, process_tree, shm_files
 
     shm_before = shm_files().keys()
     started = time.perf_counter()
-    # A session of its own, so that a timeout can kill the child and its workers as one process group.
+    # A session of its own: Ctrl-C in a terminal reaches only this orchestrator, which stops the child in order.
     child = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), *argv],
+        command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -261,14 +296,11 @@ def run_child(argv: list[str], timeout_s: float, sample_footprint: bool) -> Chil
             try:
                 stdout, stderr = child.communicate(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-                stdout, stderr = child.communicate()
+                stdout, stderr = stop_child(child)
                 status, message = "TIMEOUT", f"killed after {timeout_s:.0f} s"
-    except BaseException:  # Ctrl-C: leave nothing running behind us
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
-        end_strays(grace_s=0)
+    except BaseException:  # Ctrl-C or SIGTERM: leave nothing running behind us
+        stop_child(child)
+        end_strays(grace_s=3)
         raise
     seconds = time.perf_counter() - started
     strays = end_strays()
@@ -287,7 +319,8 @@ def run_child(argv: list[str], timeout_s: float, sample_footprint: bool) -> Chil
 
 
 def probe_libraries() -> dict[str, dict[str, Any]]:
-    outcome = run_child(["--probe"], timeout_s=120, sample_footprint=False)
+    command = [sys.executable, os.path.abspath(__file__), "--probe"]
+    outcome = run_child(command, timeout_s=120, sample_footprint=False)
     if outcome.payload is None:
         raise SystemExit(f"library probe failed: {outcome.status} {outcome.message}")
     return outcome.payload
@@ -343,6 +376,7 @@ def record_from(library: str, workload: str, repeat: int, outcome: ChildOutcome)
     )
     if outcome.payload is not None and "error" in outcome.payload:
         record.status, record.message = "ERROR", outcome.payload["error"]
+        record.detail = outcome.payload.get("traceback", "")
     elif outcome.payload is not None:
         record.figures = outcome.payload["figures"]
         if workload == "W8":
@@ -367,18 +401,25 @@ def run_plan(
     ]
     records: list[Record] = []
     warnings: list[str] = []
+    shm_left: dict[str, str] = {}  # path -> the run during which it appeared
     for index, (workload, repeat, library) in enumerate(jobs, start=1):
-        argv = ["--child", library, workload, "--workers", str(params.workers)]
-        argv += ["--spin-iterations", str(params.spin_iterations)]
-        outcome = run_child(argv, timeout_s, sample_footprint=workload == "W8")
+        command = [sys.executable, "-c", CHILD_BOOTSTRAP, library, workload]
+        command += [str(params.workers), str(params.spin_iterations)]
+        outcome = run_child(command, timeout_s, sample_footprint=workload == "W8")
         record = record_from(library, workload, repeat, outcome)
         records.append(record)
         where = f"{library} {workload} #{repeat + 1}"
         warnings += [f"{where} left a process running (killed): {stray}" for stray in outcome.strays]
-        warnings += [f"{where} left /dev/shm file {path} (not removed)" for path in outcome.shm_left]
+        shm_left.update(dict.fromkeys(outcome.shm_left, where))
         shown = record.figures if record.ok else f"{record.status}: {record.message}"
         print(f"[{index}/{len(jobs)}] {where} ({outcome.seconds:.1f} s): {_brief(shown)}", file=sys.stderr)
     derive_speedups(records)
+    # Judged at the end: other programs on the machine make and remove /dev/shm files while a child runs.
+    warnings += [
+        f"{where} left /dev/shm file {path}, still there at the end (not removed)"
+        for path, where in shm_left.items()
+        if os.path.exists(path)
+    ]
     return records, warnings
 
 
@@ -538,11 +579,14 @@ def machine_facts(
             for name, entry in probe.items()
             if entry["available"] and name not in workloads.LIBRARY_STDLIB
         },
-        "manycore_from": probe["manycore"]["detail"],
+        "manycore_from": ("imported from " if probe["manycore"]["available"] else "not available: ")
+        + probe["manycore"]["detail"],
         "workers": params.workers,
         "repeats": args.repeats,
         "timeout_s": args.timeout,
         "w2_spin_iterations": params.spin_iterations,
+        # Other work on a shared machine skews every figure: show how busy it was.
+        "load_average_at_start": os.getloadavg(),
     }
 
 
@@ -561,12 +605,18 @@ def header_text(facts: dict[str, Any]) -> str:
             f"- Python: {facts['python']}, multiprocessing start method: {facts['mp_start_method']}",
             "- serial, mp, ppe, ppe1: Python's standard library",
             f"- versions: {versions}",
-            f"- manycore imported from: {facts['manycore_from'] or 'n/a'}",
+            f"- manycore: {facts['manycore_from']}",
             f"- workers: {facts['workers']}, repeats: {facts['repeats']} (median [min-max]), "
             f"child timeout: {facts['timeout_s']:.0f} s",
+            f"- load average (1, 5, 15 min) at start: {_loads(facts['load_average_at_start'])}, "
+            f"at end: {_loads(facts.get('load_average_at_end', ()))}",
             *w2_line,
         ]
     )
+
+
+def _loads(loads: Sequence[float]) -> str:
+    return " ".join(f"{load:.2f}" for load in loads) or "n/a"
 
 
 def harness_time_text(records: list[Record], total_s: float) -> str:
@@ -579,13 +629,14 @@ def harness_time_text(records: list[Record], total_s: float) -> str:
 
 def report(facts: dict[str, Any], records: list[Record], plan: Plan, notes: list[str], total_s: float) -> str:
     figures = [f for f in FIGURES if f.workload in plan.workloads]
-    found = ratios(records, plan.libraries, figures)
+    libraries = [lib for lib in plan.libraries if any(r.library == lib for r in records)]
+    found = ratios(records, libraries, figures)
     parts = [
         header_text(facts),
         "## Figures: median [min-max]",
-        figures_table(records, plan.libraries, figures),
+        figures_table(records, libraries, figures),
         "## manycore against the best peer (serial excluded)",
-        ratio_table(found),
+        ratio_table(found) if "manycore" in plan.libraries else "manycore was not run: no ratios.",
     ]
     failures = [
         f"- {r.library} {r.workload} #{r.repeat + 1}: {r.status} {r.message}" for r in records if not r.ok
@@ -609,11 +660,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before a child is killed")
     parser.add_argument("--json", metavar="PATH", help="also write every run and the summary as JSON")
-    parser.add_argument("--child", nargs=2, metavar=("LIB", "WORKLOAD"), help=argparse.SUPPRESS)
-    parser.add_argument("--spin-iterations", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child is None and not args.probe:
+    if not args.probe:
         _validate(parser, args)
     return args
 
@@ -636,11 +685,9 @@ def main(argv: list[str]) -> int:
     if args.probe:
         probe_main()
         return 0
-    if args.child:
-        library, workload = args.child
-        child_main(library, workload, workloads.Params(args.workers, args.spin_iterations))
-        return 0
     become_subreaper()
+    # Turn SIGTERM into an exception so that run_child's cleanup stops the child and its workers too.
+    signal.signal(signal.SIGTERM, _raise_on_signal)
     started = time.perf_counter()
     probe = probe_libraries()
     workload_ids = _split(args.workloads)
@@ -651,25 +698,42 @@ def main(argv: list[str]) -> int:
     print(f"{', '.join(plan.libraries)} x {', '.join(workload_ids)}, {args.repeats} repeats", file=sys.stderr)
     records, warnings = run_plan(plan, params, args.repeats, args.timeout)
     total_s = time.perf_counter() - started
-    notes = [*plan.notes, *_standing_notes(plan), *warnings]
+    facts["load_average_at_end"] = os.getloadavg()
+    notes = [*plan.notes, *_standing_notes(plan, records), *warnings]
     print(report(facts, records, plan, notes, total_s))
     if args.json:
         _write_json(args.json, facts, records, plan, notes)
     return 0
 
 
-def _standing_notes(plan: Plan) -> list[str]:
-    notes = [
-        "ppe = ProcessPoolExecutor with chunksize len/(4*workers) in W1, 1000 in W7, 1 elsewhere (items of "
-        "5 ms or more); ppe1 = its default chunksize of 1, run in W1 only. loky and pebble get the same "
-        "chunksizes; mp, mpire, joblib and manycore use their own automatic chunking (mp imap: 1000).",
-        "W2's speed-up divides the median serial wall time of this run by each run's wall time.",
-        "W7: ppe, loky and pebble submit the whole input before yielding (2 GiB held); that is their API.",
-        "W8 footprint counts every /dev/shm file created during the run, including any made by other "
-        "programs on this machine at the same time.",
-    ]
+def _raise_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+STANDING_NOTES = {
+    "": "ppe = ProcessPoolExecutor with chunksize len/(4*workers) in W1, 1000 in W7, 1 elsewhere (items of "
+    "5 ms or more); ppe1 = its default chunksize of 1, run in W1 only. loky and pebble get the same "
+    "chunksizes; mp, mpire, joblib and manycore use their own automatic chunking (mp imap: 1000).",
+    "W2": "W2's speed-up divides the median serial wall time of this run by each run's wall time.",
+    "W6": "W6 includes the shutdown; for joblib that is an explicit shutdown of the executor it reuses.",
+    "W7": "W7: ppe, loky and pebble submit the whole input before yielding (2 GiB held); that is their API.",
+    "W8": "W8 footprint = PSS of the child and its descendants + memfd and /dev/shm files they hold open "
+    "+ every /dev/shm file created during the run (including any made by other programs meanwhile), "
+    "each shared page counted once.",
+}
+
+
+def _standing_notes(plan: Plan, records: list[Record]) -> list[str]:
+    notes = [note for workload, note in STANDING_NOTES.items() if not workload or workload in plan.workloads]
     if "manycore" in plan.libraries:
         notes.append("manycore is called without chunksize everywhere: its 'auto' is what is measured.")
+    modes = sorted(
+        {str(r.figures["mode"]) for r in records if r.library == "manycore" and "mode" in r.figures}
+    )
+    if modes:
+        notes.append(
+            f"W8: manycore received the array by {' and '.join(modes)} (broadcast() if Pool has it)."
+        )
     return notes
 
 

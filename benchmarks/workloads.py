@@ -3,9 +3,9 @@
 Everything a worker has to unpickle lives in this module, never in ``__main__``, so that spawn-based
 peers (loky, joblib) import it by name like the fork-based ones inherit it.
 
-Only the standard library is imported at module level: a spawned worker imports this module on its first
-task, and pulling numpy in here would bill loky and joblib ~0.1 s of numpy import in the cold-start
-workload W6. numpy and the pool libraries are imported where they are used.
+Only light standard-library modules are imported at module level: a spawned worker imports this module on
+its first task, and pulling numpy (or even dataclasses and statistics) in here would bill loky and joblib
+for it in the cold-start workload W6. numpy and the pool libraries are imported where they are used.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ import abc
 import math
 import os
 import resource
-import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 if TYPE_CHECKING:
     import numpy as np
@@ -109,9 +107,11 @@ class Runner(abc.ABC):
     mpire, joblib's batch_size="auto", manycore's "auto") ignore it: their default is what we measure.
     """
 
+    # How W8 hands its array over (reported with W8's figures).
+    w8_mode = "initializer"
+
     def __init__(self) -> None:
         self.workers = 0
-        self.w8_mode = "initializer"
 
     @abc.abstractmethod
     def open(self, workers: int, initializer: Initializer = None, initargs: tuple[Any, ...] = ()) -> None: ...
@@ -151,6 +151,8 @@ class Runner(abc.ABC):
 
 class SerialRunner(Runner):
     """The baseline: a plain loop in the calling process."""
+
+    w8_mode = "in process"
 
     def open(self, workers: int, initializer: Initializer = None, initargs: tuple[Any, ...] = ()) -> None:
         self.workers = workers
@@ -253,6 +255,22 @@ class ManycoreRunner(MultiprocessingRunner):
         return super().sum_slices(bounds)
 
 
+class ManycoreSharedRunner(ManycoreRunner):
+    """manycore with W8's array allocated by manycore.shared_array (filled before the clock, as the others'
+    arrays are made before theirs): broadcast then shares the array's own memory, with no copy."""
+
+    def make_array(self, n: int) -> FloatArray:
+        import numpy as np
+
+        import manycore
+
+        array: FloatArray = manycore.shared_array(n, dtype=np.float64)
+        step = 1 << 20  # filled in slices: a full-size temporary would double the peak the footprint sees
+        for start in range(0, n, step):
+            array[start : start + step] = np.arange(start, min(n, start + step), dtype=np.float64)
+        return array
+
+
 class ExecutorRunner(Runner):
     """concurrent.futures.ProcessPoolExecutor; map takes the tuned chunksize (its default is 1)."""
 
@@ -300,6 +318,8 @@ class LokyRunner(ExecutorRunner):
 
 class JoblibRunner(Runner):
     """joblib.Parallel (loky backend, batch_size="auto"), kept open as a context manager to reuse workers."""
+
+    w8_mode = "memory-mapped argument"
 
     def __init__(self) -> None:
         super().__init__()
@@ -360,6 +380,8 @@ class JoblibRunner(Runner):
 class MpireRunner(Runner):
     """mpire.WorkerPool with keep_alive=True (its documented way to reuse workers across map calls)."""
 
+    w8_mode = "shared_objects"
+
     def __init__(self) -> None:
         super().__init__()
         self._pool: Any = None
@@ -373,7 +395,8 @@ class MpireRunner(Runner):
         self._pool = WorkerPool(n_jobs=workers, keep_alive=True)
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any], chunksize: int) -> list[Any]:
-        return list(self._pool.map(fn, items))
+        # By default mpire glues numpy results into one array (an extra copy); W4b wants the 32 arrays.
+        return list(self._pool.map(fn, items, concatenate_numpy_output=False))
 
     def imap(self, fn: Callable[[Any], Any], items: Iterable[Any], chunksize: int) -> Iterator[Any]:
         # Without a length mpire cannot size chunks (it warns and falls back to 4): pass chunk_size, as its
@@ -397,7 +420,7 @@ class MpireRunner(Runner):
 
     def sum_slices(self, bounds: list[tuple[int, int]]) -> list[float]:
         # mpire passes shared_objects as the first argument and unpacks each tuple after it.
-        return list(self._pool.map(sum_slice, bounds))
+        return list(self._pool.map(sum_slice, bounds, concatenate_numpy_output=False))
 
 
 class PebbleRunner(Runner):
@@ -432,6 +455,7 @@ class PebbleRunner(Runner):
 
 RUNNERS: dict[str, Callable[[], Runner]] = {
     "manycore": ManycoreRunner,
+    "manycore-shm": ManycoreSharedRunner,
     "serial": SerialRunner,
     "mp": MultiprocessingRunner,
     "mp-fork": lambda: MultiprocessingRunner("fork"),
@@ -449,8 +473,7 @@ RUNNERS: dict[str, Callable[[], Runner]] = {
 # --------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Params:
+class Params(NamedTuple):
     workers: int
     spin_iterations: int  # W2: iterations of spin() that take ~10 ms here, calibrated once per run
 
@@ -475,7 +498,8 @@ def _check(condition: bool, what: str) -> None:
 
 
 def w1_tiny_items(runner: Runner, params: Params) -> Figures:
-    n = 1_000_000
+    # ProcessPoolExecutor with chunksize=1 manages ~11k items/s: 50,000 items measure that rate in seconds.
+    n = 50_000 if getattr(runner, "_force_chunksize", None) == 1 else 1_000_000
     with warm_pool(runner, params.workers):
         started = time.perf_counter()
         squares = runner.map(square, range(n), math.ceil(n / (4 * params.workers)))
@@ -540,6 +564,8 @@ def w5_round_trip(runner: Runner, params: Params) -> Figures:
             started = time.perf_counter_ns()
             runner.call(noop)
             per_call_ns.append(time.perf_counter_ns() - started)
+    import statistics
+
     return {"us_per_call": statistics.median(per_call_ns) / 1000, "calls": len(per_call_ns)}
 
 
@@ -586,7 +612,8 @@ def w8_broadcast(runner: Runner, params: Params) -> Figures:
     from footprint import footprint_bytes, process_tree, shm_files
 
     shm_before = shm_files().keys()
-    array = np.arange(ARRAY_256MIB_ITEMS, dtype=np.float64)
+    make = getattr(runner, "make_array", None)
+    array = make(ARRAY_256MIB_ITEMS) if make else np.arange(ARRAY_256MIB_ITEMS, dtype=np.float64)
     expected = float(array.sum())
     step = ARRAY_256MIB_ITEMS // 100
     bounds = [(i * step, (i + 1) * step if i < 99 else ARRAY_256MIB_ITEMS) for i in range(100)]
@@ -621,6 +648,7 @@ LIBRARY_STDLIB = {"serial", "mp", "mp-fork", "ppe", "ppe1"}
 # The module each library needs; imported by the child before any clock starts.
 LIBRARY_MODULES: dict[str, str] = {
     "manycore": "manycore",
+    "manycore-shm": "manycore",
     "joblib": "joblib",
     "loky": "loky",
     "mpire": "mpire",
@@ -633,12 +661,32 @@ LIBRARY_MODULES: dict[str, str] = {
 
 
 def run_workload(library: str, workload: str, params: Params) -> Figures:
-    """What one child process does: import the library (outside any clock), then run one workload."""
+    """Import the library (outside any clock), then run one workload with a fresh runner."""
     import importlib
 
     if library in LIBRARY_MODULES:
         importlib.import_module(LIBRARY_MODULES[library])
     return WORKLOADS[workload](RUNNERS[library](), params)
+
+
+RESULT_TAG = "@@bench-result@@ "
+
+
+def child_main(argv: Sequence[str]) -> None:
+    """Entry of a child process (run.py starts it with `python -c`): LIB WORKLOAD WORKERS SPIN_ITERATIONS.
+
+    Prints one tagged JSON line: {"figures": {...}} or {"error": "...", "traceback": "..."}.
+    """
+    import json
+    import traceback
+
+    library, workload, workers, spin_iterations = argv
+    try:
+        figures = run_workload(library, workload, Params(int(workers), int(spin_iterations)))
+        payload: dict[str, Any] = {"figures": figures}
+    except Exception as exc:  # reported as ERROR in its cell; the run goes on
+        payload = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    print(RESULT_TAG + json.dumps(payload), flush=True)
 
 
 def calibrate_spin(target_s: float = 0.010) -> int:

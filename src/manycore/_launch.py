@@ -113,12 +113,20 @@ class SpawnLauncher(Launcher):
 
 
 class ForkServerLauncher(Launcher):
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None, preload: list[str] | None = None) -> None:
         super().__init__()
         self._ctrl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        code = "from manycore._zygote import main; import sys, json; main(int(sys.argv[1]), json.loads(sys.argv[2]))"
+        code = "from manycore._zygote import main; import sys, json; main(int(sys.argv[1]), *map(json.loads, sys.argv[2:]))"
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", code, str(theirs.fileno()), json.dumps(sys.path)],
+            [
+                sys.executable,
+                "-c",
+                code,
+                str(theirs.fileno()),
+                json.dumps(sys.path),
+                json.dumps(preload or []),
+            ],
+            env={**os.environ, **(env or {})},
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
         )
@@ -172,9 +180,10 @@ class ForkServerLauncher(Launcher):
             self._proc.wait()
 
 
-def make_launcher(start_method: str) -> Launcher:
+def make_launcher(start_method: str, env: dict[str, str] | None = None) -> Launcher:
     if start_method == "forkserver":
-        return ForkServerLauncher()
+        # Preload numpy in the fork server when the parent uses it: data-heavy tasks need it in every worker.
+        return ForkServerLauncher(env, ["numpy"] if "numpy" in sys.modules else [])
     if start_method == "fork":
         return ForkLauncher()
     if start_method == "spawn":

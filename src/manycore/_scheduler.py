@@ -160,7 +160,7 @@ class Scheduler(SchedulerBase):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._launcher: Launcher = make_launcher(start_method)
+        self._launcher: Launcher = make_launcher(start_method, worker_env)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._control_fd = self._launcher.control_fd

@@ -26,7 +26,7 @@ import sys
 MESSAGE = struct.Struct("<cqq")
 
 
-def main(ctrl_fd: int, sys_path: list[str]) -> None:
+def main(ctrl_fd: int, sys_path: list[str], preload: list[str] | None = None) -> None:
     sys.path[:] = sys_path
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ctrl = socket.socket(fileno=ctrl_fd)
@@ -38,6 +38,13 @@ def main(ctrl_fd: int, sys_path: list[str]) -> None:
     from . import _worker  # imported once here so every forked worker has it already
 
     _worker.set_parent_death_signal.prepare()  # load libc via ctypes once, not in every worker
+    for name in preload or ():
+        # Modules the parent uses (numpy): imported once here, so workers do not each pay for it. The BLAS
+        # thread limits are already in this process's environment, so numpy starts with them.
+        try:  # noqa: SIM105 (no contextlib: this process imports as little as it can)
+            __import__(name)
+        except Exception:
+            pass
 
     children: set[int] = set()
     try:
