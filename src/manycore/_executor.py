@@ -124,6 +124,13 @@ class Executor(concurrent.futures.Executor):
                 self._scheduler.terminate()
                 raise
 
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        # Ctrl-C inside the block: stop the workers now instead of waiting for what they run.
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._scheduler.terminate()
+        else:
+            self.shutdown(wait=True)
+
     def statistics(self) -> dict[str, int]:
         return self._scheduler.statistics()
 

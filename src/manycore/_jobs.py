@@ -85,6 +85,7 @@ class Job:
     """One call's work. Subclasses (the result objects of the API) say where chunks come from and go to."""
 
     kind = ch.MAP
+    closed = True  # until __init__ completes: a job whose set-up failed has nothing to stop
 
     def __init__(
         self,

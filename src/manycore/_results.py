@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import multiprocessing
 import sys
@@ -260,19 +259,24 @@ class IMapIterator(Job, Iterator[T]):
     def next(self, timeout: float | None = None) -> T:
         """``next()`` with a timeout, as ``multiprocessing.pool.IMapIterator.next``."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._pos >= len(self._values):
-            self._pull()
-            with self._cond:
-                if self._failure is not None:
-                    raise self._failure
-                if self._take_piece_locked():
-                    break
-                if self._finished_locked():
-                    self._end()
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise multiprocessing.TimeoutError(f"no result within {timeout} s")
-                _interruptible(self.scheduler, functools.partial(self._cond.wait, left))
+        try:
+            while self._pos >= len(self._values):
+                self._pull()
+                with self._cond:
+                    if self._failure is not None:
+                        raise self._failure
+                    if self._take_piece_locked():
+                        break
+                    if self._finished_locked():
+                        self._end()
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise multiprocessing.TimeoutError(f"no result within {timeout} s")
+                    self._cond.wait(left)
+        except KeyboardInterrupt:
+            # Outside the condition's lock: terminating fails this job, which takes that lock to deliver.
+            self.scheduler.terminate()
+            raise
         return self.__next__()
 
     def __next__(self) -> T:

@@ -157,6 +157,7 @@ class Scheduler(SchedulerBase):
         self._unreaped: list[Worker] = []
         self._start_failures = 0
         self._watch_writes = True
+        self._wake_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -329,8 +330,11 @@ class Scheduler(SchedulerBase):
         self._send(assignments)
 
     def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"x")
+        # Under the lock and checked: once the pipe is closed, its fd number may belong to someone else.
+        with self._wake_lock:
+            if self._wake_w >= 0:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    os.write(self._wake_w, b"x")
 
     # ---- the supervisor thread ---------------------------------------------------------------------------
 
@@ -444,9 +448,11 @@ class Scheduler(SchedulerBase):
             job.chunker.observe_time(len(chunk.items), frame.a / 1e9)
             try:
                 if frame.fd is not None:
-                    values, _, _ = _shm.unpack(memoryview(frame.body), frame.fd, copy=True)
-                    frame.fd = None
-                    w.channel.send(ch.SEGMENT_FREE, _shm.segment_id(frame.body), 0, 0)
+                    fd, frame.fd = frame.fd, None
+                    try:
+                        values, _, _ = _shm.unpack(memoryview(frame.body), fd, copy=True)
+                    finally:
+                        w.channel.send(ch.SEGMENT_FREE, _shm.segment_id(frame.body), 0, 0)
                     errors = {}
                 elif frame.b & PARTIAL:
                     values, packed = loads(frame.body)
@@ -454,14 +460,22 @@ class Scheduler(SchedulerBase):
                 else:
                     values, errors = loads(frame.body), {}
             except Exception as exc:
+                if len(chunk.items) > 1:
+                    # One pickle holds the whole chunk: re-run its items one by one, so that only the
+                    # item whose result cannot be unpickled fails.
+                    with self._lock:
+                        self._retry.extendleft(reversed(chunk.solos()))
+                        assignments = self._assign_locked()
+                    self._send(assignments)
+                    continue
                 err = SerializationError(
-                    f"the results of items #{chunk.first}-#{chunk.first + len(chunk.items) - 1} cannot be "
-                    f"unpickled in the parent ({type(exc).__name__}: {exc})",
+                    f"the result of item #{chunk.first} cannot be unpickled in the parent "
+                    f"({type(exc).__name__}: {exc})",
                     what="result",
                     index=chunk.first,
                     detail=str(exc),
                 )
-                values, errors = [None] * len(chunk.items), dict.fromkeys(range(len(chunk.items)), err)
+                values, errors = [None], {0: err}
             job.deliver(chunk, values, errors)
 
     # ---- workers coming and going (supervisor thread) ------------------------------------------------------
@@ -540,6 +554,8 @@ class Scheduler(SchedulerBase):
                 cid, offset, started = w.running()
                 chunk = w.inflight.get(cid)
                 if chunk is None or chunk.job.task_timeout is None or not started:
+                    continue
+                if offset >= len(chunk.items):  # every item ran; the worker is sending the results
                     continue
                 if now - started > chunk.job.task_timeout * 1e9:
                     w.timed_out = (cid, offset)
@@ -671,8 +687,10 @@ class Scheduler(SchedulerBase):
             w.page.close()
         with contextlib.suppress(OSError):
             self._selector.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        with self._wake_lock:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
         _live.discard(self)
         self._stopped.set()
 

@@ -50,7 +50,11 @@ def pack_exception(exc: BaseException, index: int | None) -> bytes:
 
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
-        return dumps(("exc", exc, tb))
+        blob = dumps(("exc", exc, tb))
+        # An exception can pickle and still fail to unpickle (an __init__ that takes other arguments than
+        # it passes to Exception): check here, where its type, message and traceback are still known.
+        pickle.loads(blob)
+        return blob
     except Exception as pickling_exc:
         from .errors import SerializationError
 
@@ -59,7 +63,7 @@ def pack_exception(exc: BaseException, index: int | None) -> bytes:
                 "exc",
                 SerializationError(
                     f"item #{index}: the task raised {type(exc).__qualname__}: {exc}, and that exception cannot be "
-                    f"pickled back to the parent ({type(pickling_exc).__name__}: {pickling_exc}). Its traceback:\\n{tb}",
+                    f"pickled back to the parent ({type(pickling_exc).__name__}: {pickling_exc}). Its traceback:\n{tb}",
                     what="exception",
                     index=index,
                     type_name=type(exc).__qualname__,

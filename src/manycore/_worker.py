@@ -243,6 +243,8 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
         else:
             values, errors = run_items(fn, data, frame.kind == ch.STARMAP, first, tracker)
         elapsed = time.perf_counter_ns() - started
+        if tracker is not None:
+            tracker(len(values))  # past the last item: pickling results is not any item's run time
         del data
         status, blob, segment = _pack_results(values, errors, first, threshold)
         del values

@@ -72,7 +72,10 @@ def main(ctrl_fd: int, sys_path: list[str], preload: list[str] | None = None) ->
                 for fd in fds:
                     os.close(fd)
                 children.add(pid)
-                ctrl.send(MESSAGE.pack(b"F", wid, pid))
+                try:
+                    ctrl.send(MESSAGE.pack(b"F", wid, pid))
+                except OSError:  # the parent has gone: the finally clause below cleans up
+                    break
             _reap(ctrl, children)
     finally:
         # Plain try/except rather than contextlib: this process imports as little as it can.
