@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import multiprocessing.pool
 import signal
@@ -44,8 +45,9 @@ def outcome(get: Callable[[], Any]) -> Any:
         return exc
 
 
-def run_entry(entry: str, pool: manycore.Pool | manycore.Executor, fn: Callable[..., Any], n: int = N,
-              **options: Any) -> list[Any]:
+def run_entry(
+    entry: str, pool: manycore.Pool | manycore.Executor, fn: Callable[..., Any], n: int = N, **options: Any
+) -> list[Any]:
     """Run fn over range(n) through `entry`; each item's value or exception, in input order where the entry
     point keeps it (imap_unordered: completion order). Star entry points call fn(x, 1)."""
     items = list(range(n))
@@ -83,7 +85,9 @@ def task_for(entry: str, kind: str, bad: int = BAD) -> Callable[..., Any]:
     return partial(tasks.faulty_star if star else tasks.faulty, kind=kind, bad=bad)
 
 
-def check_others(entry: str, results: list[Any], bad: int | set[int] = BAD, n: int = N) -> list[BaseException]:
+def check_others(
+    entry: str, results: list[Any], bad: int | set[int] = BAD, n: int = N
+) -> list[BaseException]:
     """Every item except `bad` has its correct value; returns the errors (one per bad item expected)."""
     bads = {bad} if isinstance(bad, int) else bad
     assert len(results) == n, f"{len(results)} results for {n} items: {results!r}"
@@ -102,8 +106,9 @@ def single_call(entry: str) -> bool:
     return entry in ("apply_async", "submit")
 
 
-def check_fault_error(kind: str, err: BaseException, entry: str, bad: int = BAD, *,
-                      timeout: float = tasks.TIMEOUT) -> None:
+def check_fault_error(
+    kind: str, err: BaseException, entry: str, bad: int = BAD, *, timeout: float = tasks.TIMEOUT
+) -> None:
     """The error a faulty item comes back with says what happened, as manycore documents it."""
     # Single calls (apply_async, submit) have no position in an input; manycore may report None or 0 there.
     index_ok = (None, 0) if single_call(entry) else (bad,)
@@ -116,10 +121,8 @@ def check_fault_error(kind: str, err: BaseException, entry: str, bad: int = BAD,
         assert err.exitcode == want_code, repr(err)
         assert err.signal_name == want_sig, repr(err)
         assert isinstance(err.pid, int) and err.pid > 0
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             assert not is_alive(psutil.Process(err.pid)), f"worker {err.pid} reported lost but still alive"
-        except psutil.NoSuchProcess:
-            pass
     elif kind == "timeout":
         assert isinstance(err, TaskTimeoutError), repr(err)
         assert isinstance(err, multiprocessing.TimeoutError)

@@ -26,7 +26,7 @@ FAULT_KINDS = (
 )
 
 #: task_timeout used by the "timeout" fault (seconds); the faulty item would block for 1000 s.
-TIMEOUT = 0.5
+TIMEOUT = 0.3
 
 
 class UnpicklableError(Exception):
@@ -177,3 +177,16 @@ def kind_by_item(x: int, *, faults: dict[int, str]) -> Any:
     """x*x, except the items in `faults`, which trigger the fault kind mapped to them."""
     kind = faults.get(x)
     return x * x if kind is None else do_fault(kind, x)
+
+
+class SlowToPickle:
+    """A result whose pickling takes a while (like a large array): 0.8 s in __reduce__."""
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        time.sleep(0.8)
+        return (SlowToPickle, ())
+
+
+def slow_result_at(x: int, *, bad: int) -> Any:
+    """Returns at once; item `bad` returns a SlowToPickle."""
+    return SlowToPickle() if x == bad else x * x

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import time
+from functools import partial
 
 import pytest
 
@@ -17,7 +18,7 @@ from .common import make_executor, make_pool
 @pytest.mark.timeout(60)
 def test_async_result_get_timeout_then_result_arrives(no_orphans: set[int]) -> None:
     with make_pool() as pool:
-        r = pool.apply_async(tasks.sleep_return, (1.0, "late"))
+        r = pool.apply_async(tasks.sleep_return, (0.6, "late"))
         start = time.monotonic()
         with pytest.raises(multiprocessing.TimeoutError) as info:
             r.get(timeout=0.1)
@@ -33,7 +34,7 @@ def test_async_result_get_timeout_then_result_arrives(no_orphans: set[int]) -> N
 @pytest.mark.timeout(60)
 def test_map_async_get_timeout_then_result_arrives(no_orphans: set[int]) -> None:
     with make_pool() as pool:
-        r = pool.map_async(tasks.sleep_return, [0.6, 0.6, 0.01])
+        r = pool.map_async(tasks.sleep_return, [0.4, 0.4, 0.01])
         with pytest.raises(multiprocessing.TimeoutError):
             r.get(timeout=0.05)
         with pytest.raises(ValueError):
@@ -44,7 +45,7 @@ def test_map_async_get_timeout_then_result_arrives(no_orphans: set[int]) -> None
 @pytest.mark.timeout(60)
 def test_future_result_timeout_then_result_arrives(no_orphans: set[int]) -> None:
     with make_executor() as ex:
-        f = ex.submit(tasks.sleep_return, 1.0, "late")
+        f = ex.submit(tasks.sleep_return, 0.6, "late")
         with pytest.raises(concurrent.futures.TimeoutError):
             f.result(timeout=0.1)
         with pytest.raises(concurrent.futures.TimeoutError):
@@ -57,7 +58,7 @@ def test_future_result_timeout_then_result_arrives(no_orphans: set[int]) -> None
 @pytest.mark.timeout(60)
 def test_imap_next_timeout_then_result_arrives(no_orphans: set[int]) -> None:
     with make_pool() as pool:
-        it = pool.imap(tasks.sleep_return, [0.8, 0.0])
+        it = pool.imap(tasks.sleep_return, [0.5, 0.0])
         with pytest.raises(multiprocessing.TimeoutError):
             it.next(timeout=0.1)
         assert it.next(timeout=10) is None
@@ -71,7 +72,7 @@ def test_executor_map_timeout(no_orphans: set[int]) -> None:
     """Executor.map(timeout=...) counts from the call and raises concurrent.futures.TimeoutError."""
     with make_executor() as ex:
         start = time.monotonic()
-        results = ex.map(tasks.sleep_return, [1.0, 0.0], timeout=0.2)
+        results = ex.map(tasks.sleep_return, [0.6, 0.0], timeout=0.2)
         with pytest.raises(concurrent.futures.TimeoutError):
             next(results)
         assert time.monotonic() - start < 1.5
@@ -97,11 +98,27 @@ def test_task_timeout_apply_and_submit_others_continue(no_orphans: set[int]) -> 
 
 
 @pytest.mark.timeout(60)
+def test_result_pickling_time_is_not_blamed_on_other_items(no_orphans: set[int]) -> None:
+    """Items 3 and 4 return at once; only item 2's result is slow to pickle. 3 and 4 must not time out."""
+    with make_pool() as pool:
+        out = pool.map_async(
+            partial(tasks.slow_result_at, bad=2),
+            range(10),
+            chunksize=5,
+            on_error="return",
+            task_timeout=tasks.TIMEOUT,
+        ).get(30)
+    assert isinstance(out[2], (tasks.SlowToPickle, TaskTimeoutError)), repr(out[2])
+    assert [out[x] for x in range(10) if x != 2] == [x * x for x in range(10) if x != 2], out
+
+
+@pytest.mark.timeout(60)
 def test_task_timeout_only_kills_the_overrunning_item(no_orphans: set[int]) -> None:
     """Items that take a while but stay under task_timeout are not killed."""
     with make_pool() as pool:
-        durations = [0.2, 0.3, 30.0, 0.2, 0.1]  # task_timeout=1.0
-        res = pool.map_async(tasks.sleep_return, durations, chunksize=1, on_error="return",
-                             task_timeout=1.0).get(30)
+        durations = [0.1, 0.2, 30.0, 0.1, 0.1]  # task_timeout=0.6
+        res = pool.map_async(
+            tasks.sleep_return, durations, chunksize=1, on_error="return", task_timeout=0.6
+        ).get(30)
     assert res[:2] == [None, None] and res[3:] == [None, None]
     assert isinstance(res[2], TaskTimeoutError) and res[2].index == 2
