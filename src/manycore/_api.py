@@ -29,8 +29,8 @@ def map(
     >>> manycore.map(abs, [-1, -2, 3], workers=2)
     [1, 2, 3]
 
-    ``ordered=False`` returns results in completion order. Other keywords as ``Pool.map``: ``on_error``,
-    ``retries``, ``task_timeout``.
+    ``ordered=False`` returns results in completion order. ``backend`` as ``Pool`` (``"process"``, ``"thread"``,
+    ``"dask"``, ``"ray"``). Other keywords as ``Pool.map``: ``on_error``, ``retries``, ``task_timeout``.
     """
     with Pool(workers, start_method=start_method, backend=backend) as pool:
         if ordered:

@@ -181,15 +181,10 @@ class EngineScheduler(SchedulerBase):
 
     def terminate(self) -> None:
         with self._lock:
-            if self.state is State.TERMINATED:
-                return
-            self.state = State.TERMINATED
-            jobs = list(self._jobs)
-            self._idle.notify_all()
-        for job in jobs:
-            if not job.closed:
-                job.fail_all(PoolClosedError("the pool was terminated before this task finished"))
-        self._stop()
+            jobs = self._terminate_locked()
+        if jobs is not None:
+            self._fail_unfinished(jobs)
+            self._stop()
 
     def broadcast(self, obj: object) -> Any:
         with self._lock:

@@ -154,6 +154,20 @@ class SchedulerBase:
     def _submitted(self, job: Job) -> None:
         pass
 
+    def _terminate_locked(self) -> list[Job] | None:
+        """Mark the pool terminated; the jobs to fail, or None if it already was."""
+        if self.state is State.TERMINATED:
+            return None
+        self.state = State.TERMINATED
+        self._idle.notify_all()
+        return list(self._jobs)
+
+    @staticmethod
+    def _fail_unfinished(jobs: list[Job]) -> None:
+        for job in jobs:
+            if not job.closed:
+                job.fail_all(PoolClosedError("the pool was terminated before this task finished"))
+
     # The rest of the interface the API layer uses.
     start_method = ""
 

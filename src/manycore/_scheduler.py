@@ -187,18 +187,14 @@ class Scheduler(SchedulerBase):
     def terminate(self) -> None:
         """Kill every worker now; unfinished jobs fail with PoolClosedError. Never blocks for long."""
         with self._lock:
-            if self.state is State.TERMINATED:
+            jobs = self._terminate_locked()
+            if jobs is None:
                 return
-            self.state = State.TERMINATED
             workers = list(self._workers.values()) + self._lost
-            jobs = list(self._jobs)
-            self._idle.notify_all()
         for w in workers:
             w.kill()
         self._wake()
-        for job in jobs:
-            if not job.closed:
-                job.fail_all(PoolClosedError("the pool was terminated before this task finished"))
+        self._fail_unfinished(jobs)
         if threading.current_thread() is not self._thread:
             self._stopped.wait(10)
 
