@@ -9,10 +9,10 @@ result. The worker side is plain blocking I/O (``recv_frame``/``send_frame``).
 
 from __future__ import annotations
 
+import _socket as socket  # the C module: no enum classes to build at start-up
 import array
 import itertools
 import os
-import socket
 import struct
 from collections import deque
 

@@ -116,7 +116,10 @@ class ForkServerLauncher(Launcher):
     def __init__(self, env: dict[str, str] | None = None, preload: list[str] | None = None) -> None:
         super().__init__()
         self._ctrl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        code = "from manycore._zygote import main; import sys, json; main(int(sys.argv[1]), *map(json.loads, sys.argv[2:]))"
+        code = (
+            "from manycore._zygote import main; import sys, json, os; "
+            "main(int(sys.argv[1]), *map(json.loads, sys.argv[2:])); os._exit(0)"
+        )
         self._proc = subprocess.Popen(
             [
                 sys.executable,

@@ -23,10 +23,13 @@ from __future__ import annotations
 import itertools
 import mmap
 import os
-import pickle
 import struct
 
 TYPE_CHECKING = False  # workers import this module: see manycore/__init__.py
+if TYPE_CHECKING:
+    import pickle
+else:  # the C module: pickle.py imports more (enum, re) than a worker needs at start-up
+    import _pickle as pickle
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import Any, SupportsIndex

@@ -7,9 +7,11 @@ cloudpickle by itself when (and only when) it is needed. The parent side lives i
 
 from __future__ import annotations
 
-import pickle
-
 TYPE_CHECKING = False  # see manycore/__init__.py: workers avoid importing typing
+if TYPE_CHECKING:
+    import pickle
+else:  # the C module: pickle.py imports more (enum, re) than a worker needs at start-up
+    import _pickle as pickle
 if TYPE_CHECKING:
     from typing import Any
 

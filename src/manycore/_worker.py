@@ -9,13 +9,11 @@ an interrupt means (it stops the pool).
 
 from __future__ import annotations
 
+import _socket as socket  # the C module: no enum classes to build at start-up
 import functools
 import itertools
 import mmap
 import os
-import pickle
-import signal
-import socket
 import struct
 import sys
 import time
@@ -25,6 +23,14 @@ from . import _shm
 from ._wire import BROADCASTS, dumps, loads, pack_exception, unpicklable_result
 
 TYPE_CHECKING = False  # see manycore/__init__.py: workers avoid importing typing
+if TYPE_CHECKING:
+    import pickle
+else:  # the C module: pickle.py imports more (enum, re) than a worker needs at start-up
+    import _pickle as pickle
+if TYPE_CHECKING:
+    import signal
+else:  # the C module: signal.py imports more (enum, re) than a worker needs at start-up
+    import _signal as signal
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from typing import Any

@@ -16,12 +16,18 @@ with the zygote itself.
 
 from __future__ import annotations
 
+import _socket as socket  # the C module: no enum classes to build at start-up
+import array
 import os
 import select
-import signal
-import socket
 import struct
 import sys
+
+TYPE_CHECKING = False  # see manycore/__init__.py: workers avoid importing typing
+if TYPE_CHECKING:
+    import signal
+else:  # the C module: signal.py imports more (enum, re) than a worker needs at start-up
+    import _signal as signal
 
 MESSAGE = struct.Struct("<cqq")
 
@@ -54,7 +60,7 @@ def main(ctrl_fd: int, sys_path: list[str], preload: list[str] | None = None) ->
                 os.read(wake_r, 4096)
             if ctrl.fileno() in ready:
                 try:
-                    msg, fds, _, _ = socket.recv_fds(ctrl, 64, 2)
+                    msg, fds = _recv_fds(ctrl)
                 except OSError:  # ECONNRESET: the parent closed its end with our reports unread
                     msg = b""
                 if not msg:
@@ -89,6 +95,16 @@ def main(ctrl_fd: int, sys_path: list[str], preload: list[str] | None = None) ->
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
+
+
+def _recv_fds(ctrl: socket.socket) -> tuple[bytes, list[int]]:
+    """One request and the fds attached to it (socket.recv_fds, without importing socket.py)."""
+    msg, ancdata, _, _ = ctrl.recvmsg(64, socket.CMSG_SPACE(2 * 4))
+    fds = array.array("i")
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return msg, list(fds)
 
 
 def _reap(ctrl: socket.socket, children: set[int]) -> None:
