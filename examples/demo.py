@@ -58,7 +58,9 @@ def main() -> None:
         t_mc, got_mc = timed("manycore.Pool.map", pool.map, cpu_bound, items)
     assert got_mp == expected and got_mc == expected
 
-    print(f"\n  manycore speed-up over the serial loop:        {t_serial / t_mc:5.2f}x  (limit: {cores} cores)")
+    print(
+        f"\n  manycore speed-up over the serial loop:        {t_serial / t_mc:5.2f}x  (limit: {cores} cores)"
+    )
     print(f"  manycore speed-up over multiprocessing.Pool:   {t_mp / t_mc:5.2f}x")
 
     print("\nTiny items: x * x over range(1_000_000)")
