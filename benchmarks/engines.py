@@ -87,6 +87,9 @@ def run_dask(repeats: int, iterations: int) -> dict[str, dict[str, list[float]]]
 
 
 def run_ray(repeats: int, iterations: int) -> dict[str, dict[str, list[float]]]:
+    # A loopback-only, throw-away runtime: no auth token (Ray writes one to ~/.ray) and no usage stats.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     import ray
     from ray.util.multiprocessing import Pool as RayPool
 

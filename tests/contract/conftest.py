@@ -40,6 +40,8 @@ def dask_client() -> Iterator[Any]:
 def ray_runtime() -> Iterator[None]:
     if importlib.util.find_spec("ray") is None:
         pytest.skip("ray is not installed for this Python (pip install manycore[ray])")
+    # Loopback-only, throw-away runtime: no authentication token (Ray would write one to ~/.ray).
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     import ray
 
     # Keep every file Ray writes (sockets, logs, session data) in one temporary directory, removed after.
@@ -85,4 +87,4 @@ def backend_name(make_pool: Callable[..., manycore.Pool]) -> str:
     return str(make_pool.backend)  # type: ignore[attr-defined]
 
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report attempts (and no file for them)
