@@ -61,3 +61,12 @@ def count_calls(path: str) -> int:
     with open(path, "a") as f:
         f.write("x")
     return os.getpid()
+
+
+HOARD: list[bytes] = []
+
+
+def hoard(megabytes: int) -> tuple[int, int]:
+    """Keep `megabytes` MiB alive in this worker (a leak); returns (pid, how many hoards this process holds)."""
+    HOARD.append(b"x" * (megabytes << 20))
+    return os.getpid(), len(HOARD)

@@ -14,7 +14,18 @@ import pytest
 import manycore
 from manycore.errors import InitializerError, PoolClosedError
 
-from tasks import add, fail_on, init_state, nested_fail, pid, read_state, sleep_return, slow_identity, square
+from tasks import (
+    add,
+    fail_on,
+    hoard,
+    init_state,
+    nested_fail,
+    pid,
+    read_state,
+    sleep_return,
+    slow_identity,
+    square,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -320,3 +331,13 @@ def test_results_identical_to_multiprocessing(pool: manycore.Pool) -> None:
     with multiprocessing.pool.ThreadPool(2) as reference:
         assert pool.map(square, data) == reference.map(square, data)
         assert pool.starmap(add, zip(data, data)) == reference.starmap(add, zip(data, data))
+
+
+def test_max_memory_per_worker_replaces_a_leaking_worker(no_leftover_processes: None) -> None:
+    with manycore.Pool(1, max_memory_per_worker=150 << 20) as pool:
+        outcomes = pool.map(hoard, [100] * 4, chunksize=1)
+    # Each worker exceeds 150 MiB after its second 100 MiB hoard and is replaced: no process holds three.
+    assert max(count for _, count in outcomes) == 2
+    assert len({pid for pid, _ in outcomes}) == 2
+    with pytest.raises(ValueError, match="max_memory_per_worker"):
+        manycore.Pool(1, max_memory_per_worker=0)

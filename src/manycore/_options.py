@@ -118,6 +118,7 @@ def make_scheduler(
     initargs: Sequence[Any],
     max_tasks: int | None,
     start_method: str | None,
+    max_memory: int | None = None,
     context: Any,
     zero_copy_threshold: int | None,
     blas_threads: int | None,
@@ -134,6 +135,7 @@ def make_scheduler(
             initializer=initializer,
             initargs=initargs,
             max_tasks_per_worker=max_tasks,
+            max_memory_per_worker=max_tasks_(max_memory, "max_memory_per_worker"),
             start_method=start_method_(start_method, context),
             zero_copy_threshold=zero_copy_threshold_(zero_copy_threshold),
             worker_env=blas_env(blas_threads, n),
@@ -149,6 +151,7 @@ def make_scheduler(
     refused = {
         "initializer": initializer is not None and not isinstance(engine, backends.Thread),
         "maxtasksperchild": max_tasks is not None,
+        "max_memory_per_worker": max_memory is not None,
         "start_method": start_method is not None or context is not None,
     }
     for option, given in refused.items():
@@ -168,3 +171,4 @@ def function(value: object, name: str = "func") -> Callable[..., Any]:
 processes_ = processes
 start_method_ = start_method
 zero_copy_threshold_ = zero_copy_threshold
+max_tasks_ = max_tasks

@@ -50,6 +50,8 @@ class Pool:
     - ``start_method``: ``"forkserver"`` (default on Linux), ``"fork"`` or ``"spawn"``; ``context`` (a
       ``multiprocessing`` context) is accepted too and names the method.
     - ``max_tasks_per_worker``: alias of ``maxtasksperchild`` (a task is one chunk, as in multiprocessing).
+    - ``max_memory_per_worker``: bytes; a worker whose resident memory exceeds it after a chunk is replaced by
+      a fresh one (what was queued on it re-runs elsewhere). Pass ``chunksize=1`` to check after every item.
     - ``retries``, ``task_timeout``, ``on_error``: defaults for every map/imap/starmap call, see ``map``.
     - ``zero_copy_threshold``: buffers (numpy arrays, bytes...) from this many bytes (default 256 KiB) travel
       through shared memory instead of the pipe; None turns that off.
@@ -69,6 +71,7 @@ class Pool:
         *,
         start_method: str | None = None,
         max_tasks_per_worker: int | None = None,
+        max_memory_per_worker: int | None = None,
         retries: int = 0,
         task_timeout: float | None = None,
         on_error: str = "raise",
@@ -92,6 +95,7 @@ class Pool:
             initializer=initializer,
             initargs=initargs,
             max_tasks=max_tasks,
+            max_memory=max_memory_per_worker,
             start_method=start_method,
             context=context,
             zero_copy_threshold=zero_copy_threshold,

@@ -137,6 +137,7 @@ class Scheduler(SchedulerBase):
         initializer: Callable[..., object] | None = None,
         initargs: Sequence[Any] = (),
         max_tasks_per_worker: int | None = None,
+        max_memory_per_worker: int | None = None,
         start_method: str,
         zero_copy_threshold: int | None = _shm.DEFAULT_THRESHOLD,
         worker_env: dict[str, str] | None = None,
@@ -147,7 +148,14 @@ class Scheduler(SchedulerBase):
         self._broadcasts: dict[int, Broadcast[Any]] = {}
         self._segments = _shm.SegmentPool()
         self._init_blob = dumps_function(
-            (initializer, tuple(initargs), max_tasks_per_worker or 0, zero_copy_threshold, worker_env or {})
+            (
+                initializer,
+                tuple(initargs),
+                max_tasks_per_worker or 0,
+                max_memory_per_worker or 0,
+                zero_copy_threshold,
+                worker_env or {},
+            )
         )
         self._max_tasks = max_tasks_per_worker or 0
         self._cids = itertools.count(1)

@@ -179,6 +179,15 @@ def OOB_HAS_SEGMENT(data: bytearray) -> bool:
     return bool(size)
 
 
+def _rss() -> int:
+    """This process's resident memory in bytes (Linux /proc; 0 elsewhere, which never triggers a restart)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * mmap.PAGESIZE
+    except OSError:
+        return 0
+
+
 class _Tracker:
     """Writes the running item's offset and start time into the status page (only for jobs with a timeout)."""
 
@@ -200,7 +209,7 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
     init = ch.recv_frame(reader, pending)
     if init is None:
         return
-    initializer, initargs, max_tasks, threshold, env = loads(init.body)
+    initializer, initargs, max_tasks, max_memory, threshold, env = loads(init.body)
     os.environ.update(env)  # e.g. BLAS thread limits, before the initializer or a task imports numpy
     _limit_loaded_blas(env)
     if initializer is not None:
@@ -270,6 +279,9 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
             _LENT[segment.sid] = segment
         done += 1
         if max_tasks and done >= max_tasks:
+            return
+        if max_memory and _rss() > max_memory:
+            # Exit between chunks: the parent re-runs what was queued here and starts a fresh worker.
             return
 
 
