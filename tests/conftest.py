@@ -12,7 +12,7 @@ import pytest
 import manycore
 
 
-def _children() -> set[int]:
+def children() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE}
 
 
@@ -20,7 +20,7 @@ def wait_no_new_children(before: set[int], timeout: float = 5.0) -> set[int]:
     """Children of this process that appeared since `before` and are still alive after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
-        extra = _children() - before
+        extra = children() - before
         if not extra or time.monotonic() > deadline:
             return extra
         time.sleep(0.02)
@@ -28,7 +28,7 @@ def wait_no_new_children(before: set[int], timeout: float = 5.0) -> set[int]:
 
 @pytest.fixture
 def no_leftover_processes() -> Iterator[None]:
-    before = _children()
+    before = children()
     yield
     assert wait_no_new_children(before) == set()
 
