@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 
-import psutil
 import pytest
 
 import manycore
 
-
-def children() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE}
-
-
-def wait_no_new_children(before: set[int], timeout: float = 5.0) -> set[int]:
-    """Children of this process that appeared since `before` and are still alive after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        extra = children() - before
-        if not extra or time.monotonic() > deadline:
-            return extra
-        time.sleep(0.02)
+from proc_helpers import children, wait_no_new_children
 
 
 @pytest.fixture

@@ -11,8 +11,9 @@ joblib = pytest.importorskip("joblib")
 sklearn = pytest.importorskip("sklearn")
 
 import manycore.joblib  # noqa: E402  (registers the backend)
-from conftest import children, wait_no_new_children  # noqa: E402
 from manycore.errors import WorkerLostError  # noqa: E402
+
+from proc_helpers import children, wait_no_new_children  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,0 +1,21 @@
+"""Child-process bookkeeping for the tests: what a test leaves running is a bug."""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+
+
+def children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE}
+
+
+def wait_no_new_children(before: set[int], timeout: float = 5.0) -> set[int]:
+    """Children of this process that appeared since `before` and are still alive after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        extra = children() - before
+        if not extra or time.monotonic() > deadline:
+            return extra
+        time.sleep(0.02)
