@@ -26,6 +26,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from . import backends as backends
     from . import errors as errors
     from ._api import imap as imap
     from ._api import map as map
@@ -49,6 +50,7 @@ __all__ = (
     "TaskTimeoutError",
     "WorkerLostError",
     "__version__",
+    "backends",
     "errors",
     "imap",
     "map",
@@ -64,6 +66,7 @@ _WHERE = {
     "SerializationError": ".errors",
     "TaskTimeoutError": ".errors",
     "WorkerLostError": ".errors",
+    "backends": ".backends",
     "errors": ".errors",
     "imap": "._api",
     "map": "._api",
@@ -76,7 +79,7 @@ def __getattr__(name: str) -> Any:
     if where is None:
         raise AttributeError(f"module 'manycore' has no attribute {name!r}")
     module = importlib.import_module(where, __name__)
-    value = module if name == "errors" else getattr(module, name)
+    value = module if name in ("backends", "errors") else getattr(module, name)
     if name in ("AsyncResult", "Executor", "IMapIterator", "Pool", "imap", "map"):
         value.__module__ = "manycore"
     globals()[name] = value

@@ -116,3 +116,11 @@ def test_dead_worker_fails_only_its_item(make_pool: MakePool, backend_name: str)
         assert out[:3] == [0, 1, 2] and out[4:] == [4, 5]
         assert isinstance(out[3], manycore.WorkerLostError)
         assert pool.map(square, range(4)) == [0, 1, 4, 9]  # still usable
+
+
+def test_dask_pool_closes_only_the_client_it_created(dask_client: object) -> None:
+    backend = manycore.backends.Dask(address=dask_client.scheduler.address)  # type: ignore[attr-defined]
+    with manycore.Pool(backend=backend) as pool:
+        assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
+    assert backend._client.status == "closed"
+    assert dask_client.status == "running"  # type: ignore[attr-defined]
