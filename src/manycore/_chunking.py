@@ -27,10 +27,11 @@ MAX_RAMP = 1 << 20
 class Chunker:
     """Decides chunk sizes for one job; ``fixed`` is the user's explicit ``chunksize``."""
 
-    __slots__ = ("_bytes_per_item", "_items", "_next_ramp", "_seconds", "fixed", "workers")
+    __slots__ = ("_bytes_per_item", "_items", "_next_ramp", "_seconds", "fixed", "target", "workers")
 
-    def __init__(self, fixed: int | None, workers: int) -> None:
+    def __init__(self, fixed: int | None, workers: int, target: float = TARGET_SECONDS) -> None:
         self.fixed = fixed
+        self.target = target  # seconds of work per chunk: more where each chunk costs more to schedule
         self.workers = max(1, workers)
         self._seconds = 0.0  # decayed sums of measured compute time and of items: their ratio is the cost
         self._items = 0.0
@@ -44,7 +45,7 @@ class Chunker:
             size = self._next_ramp
             self._next_ramp = min(self._next_ramp * 2, MAX_RAMP)
         else:
-            size = max(1, int(TARGET_SECONDS * self._items / max(self._seconds, 1e-9)))
+            size = max(1, int(self.target * self._items / max(self._seconds, 1e-9)))
         if self._bytes_per_item:
             size = min(size, max(1, int(MAX_CHUNK_BYTES / self._bytes_per_item)))
         if remaining is not None:

@@ -52,6 +52,7 @@ class Thread(Engine):
     """
 
     name = "thread"
+    chunk_seconds = 0.01
 
     def __init__(
         self,
