@@ -54,11 +54,11 @@ class Executor(concurrent.futures.Executor):
             opt.processes(max_workers, "max_workers"),
             initializer=initializer,
             initargs=initargs,
-            max_tasks=opt.max_tasks(max_tasks_per_child, "max_tasks_per_child"),
-            max_memory=max_memory_per_worker,
-            start_method=start_method,
+            task_limit=opt.max_tasks(max_tasks_per_child, "max_tasks_per_child"),
+            memory_limit=max_memory_per_worker,
+            method=start_method,
             context=mp_context,
-            zero_copy_threshold=zero_copy_threshold,
+            threshold=zero_copy_threshold,
             blas_threads=blas_threads,
         )
         self._jobs: list[FutureJob] = []

@@ -112,47 +112,50 @@ def blas_env(value: object, workers: int) -> dict[str, str]:
 
 def make_scheduler(
     backend: object,
-    processes: int | None,
+    count: int | None,
     *,
     initializer: Callable[..., object] | None,
     initargs: Sequence[Any],
-    max_tasks: int | None,
-    start_method: str | None,
-    max_memory: int | None = None,
+    task_limit: int | None,
+    memory_limit: int | None,
+    method: str | None,
     context: Any,
-    zero_copy_threshold: int | None,
+    threshold: int | None,
     blas_threads: int | None,
 ) -> Any:
-    """The scheduler behind a Pool or Executor: manycore's processes, or an engine from ``manycore.backends``."""
+    """The scheduler behind a Pool or Executor: manycore's processes, or an engine from ``manycore.backends``.
+
+    (Parameter names differ from the user-facing ones so as not to shadow this module's validators.)
+    """
     if initializer is not None and not callable(initializer):
         raise TypeError("initializer must be a callable")
     if backend is None or backend == "process":
         from ._scheduler import Scheduler
 
-        n = processes_(processes)
+        n = processes(count)
         return Scheduler(
             n,
             initializer=initializer,
             initargs=initargs,
-            max_tasks_per_worker=max_tasks,
-            max_memory_per_worker=max_tasks_(max_memory, "max_memory_per_worker"),
-            start_method=start_method_(start_method, context),
-            zero_copy_threshold=zero_copy_threshold_(zero_copy_threshold),
+            max_tasks_per_worker=task_limit,
+            max_memory_per_worker=max_tasks(memory_limit, "max_memory_per_worker"),
+            start_method=start_method(method, context),
+            zero_copy_threshold=zero_copy_threshold(threshold),
             worker_env=blas_env(blas_threads, n),
         )
     from . import backends
     from ._engine import EngineScheduler
 
     if backend == "thread":
-        backend = backends.Thread(processes_(processes), initializer, tuple(initargs))
+        backend = backends.Thread(processes(count), initializer, tuple(initargs))
         initializer = None
-    engine = backends.resolve(backend, processes)
+    engine = backends.resolve(backend, count)
     name = getattr(engine, "name", backend)
     refused = {
         "initializer": initializer is not None and not isinstance(engine, backends.Thread),
-        "maxtasksperchild": max_tasks is not None,
-        "max_memory_per_worker": max_memory is not None,
-        "start_method": start_method is not None or context is not None,
+        "maxtasksperchild": task_limit is not None,
+        "max_memory_per_worker": memory_limit is not None,
+        "start_method": method is not None or context is not None,
     }
     for option, given in refused.items():
         if given:
@@ -166,9 +169,3 @@ def function(value: object, name: str = "func") -> Callable[..., Any]:
     if not callable(value):
         raise TypeError(f"{name} must be callable, not {type(value).__name__} {value!r}")
     return value
-
-
-processes_ = processes
-start_method_ = start_method
-zero_copy_threshold_ = zero_copy_threshold
-max_tasks_ = max_tasks

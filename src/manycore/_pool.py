@@ -94,11 +94,11 @@ class Pool:
             processes,
             initializer=initializer,
             initargs=initargs,
-            max_tasks=max_tasks,
-            max_memory=max_memory_per_worker,
-            start_method=start_method,
+            task_limit=max_tasks,
+            memory_limit=max_memory_per_worker,
+            method=start_method,
             context=context,
-            zero_copy_threshold=zero_copy_threshold,
+            threshold=zero_copy_threshold,
             blas_threads=blas_threads,
         )
         self._processes = self._scheduler.processes
