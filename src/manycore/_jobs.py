@@ -235,11 +235,6 @@ class SchedulerBase:
                 self.state = State.CLOSED
         self._wake()
 
-    def wait_idle(self) -> None:
-        with self._lock:
-            while self._active > 0 and self.state is not State.TERMINATED and self.broken is None:
-                self._idle.wait()
-
     def _next_chunk_locked(self) -> Chunk | None:
         while self._retry:
             retried = self._retry.popleft()

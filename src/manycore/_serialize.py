@@ -25,7 +25,7 @@ def dumps(obj: object, buffer_callback: Callable[[pickle.PickleBuffer], bool] | 
     return data
 
 
-def _describe(obj: object, exc: BaseException) -> str:
+def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -36,11 +36,11 @@ def dumps_function(fn: object) -> bytes:
     except Exception as exc:
         name = getattr(fn, "__qualname__", None) or type(fn).__name__
         raise SerializationError(
-            f"the function {name!r} cannot be pickled to send it to the workers ({_describe(fn, exc)}). "
+            f"the function {name!r} cannot be pickled to send it to the workers ({_describe(exc)}). "
             "Define it at module level, or make the objects it uses picklable.",
             what="function",
             type_name=type(fn).__qualname__,
-            detail=_describe(fn, exc),
+            detail=_describe(exc),
         ) from exc
 
 
@@ -53,11 +53,11 @@ def find_unpicklable(items: Sequence[Any], first_index: int, what: str) -> Seria
             index = first_index + offset
             return SerializationError(
                 f"{what} #{index} of type {type(item).__qualname__} cannot be pickled "
-                f"({_describe(item, exc)}). Pass picklable values, or build the object inside the task.",
+                f"({_describe(exc)}). Pass picklable values, or build the object inside the task.",
                 what=what,
                 index=index,
                 type_name=type(item).__qualname__,
-                detail=_describe(item, exc),
+                detail=_describe(exc),
             )
     return SerializationError(f"a {what} cannot be pickled", what=what)
 
@@ -67,7 +67,7 @@ def unpack_exception(blob: bytes | bytearray | memoryview) -> BaseException:
         _, error, tb = loads(blob)
     except Exception as exc:
         return SerializationError(
-            f"a task raised an exception that cannot be unpickled in the parent ({_describe(blob, exc)})",
+            f"a task raised an exception that cannot be unpickled in the parent ({_describe(exc)})",
             what="exception",
             detail=str(exc),
         )

@@ -173,12 +173,6 @@ def _limit_loaded_blas(env: dict[str, str]) -> None:
     threadpool_limits(int(limit))
 
 
-def OOB_HAS_SEGMENT(data: bytearray) -> bool:
-    """Whether an out-of-band block refers to a segment (and so to an fd that came with it)."""
-    size, _, _ = _shm.OOB.unpack_from(data)
-    return bool(size)
-
-
 def _rss() -> int:
     """This process's resident memory in bytes (Linux /proc; 0 elsewhere, which never triggers a restart)."""
     try:
@@ -226,7 +220,7 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
         if frame is None or frame.kind == ch.STOP:
             return
         if frame.kind == ch.BROADCAST:
-            fd = reader.fds.popleft() if OOB_HAS_SEGMENT(frame.body) else None
+            fd = reader.fds.popleft() if _shm.segment_id(frame.body) else None
             BROADCASTS[frame.chunk_id] = _shm.unpack(memoryview(frame.body), fd, readonly=True)[0]
             continue
         if frame.kind == ch.RELEASE:
