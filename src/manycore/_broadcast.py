@@ -11,10 +11,8 @@ records its id in the ``collect()`` context active in that thread.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import threading
-from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
 from . import _shm
@@ -27,18 +25,24 @@ _ids = itertools.count(1)
 _local = threading.local()
 
 
-@contextlib.contextmanager
-def collect() -> Iterator[set[int]]:
-    """Ids of the broadcast handles pickled inside this block, in this thread."""
-    outer = getattr(_local, "ids", None)
-    ids: set[int] = set()
-    _local.ids = ids
-    try:
-        yield ids
-    finally:
-        _local.ids = outer
-        if outer is not None:
-            outer |= ids
+class collect:  # lower case: used as a function, ``with collect() as ids``
+    """Ids of the broadcast handles pickled inside this block, in this thread.
+
+    A class rather than a ``contextlib`` generator: it runs once per chunk sent, on the hot path.
+    """
+
+    __slots__ = ("ids", "outer")
+
+    def __enter__(self) -> set[int]:
+        self.outer: set[int] | None = getattr(_local, "ids", None)
+        self.ids: set[int] = set()
+        _local.ids = self.ids
+        return self.ids
+
+    def __exit__(self, *exc: object) -> None:
+        _local.ids = self.outer
+        if self.outer is not None:
+            self.outer |= self.ids
 
 
 class Broadcast(Generic[T]):

@@ -74,8 +74,12 @@ class ParentChannel:
         ``fds`` are duplicated into the worker (SCM_RIGHTS) with the frame's first byte; the caller may close
         its own copies once this returns.
         """
-        head = HEADER.pack(kind, chunk_id, a, b, sum(len(p) for p in parts))
-        views = [(memoryview(head), tuple(os.dup(fd) for fd in fds))]
+        length = 0
+        for p in parts:
+            length += len(p)
+        views = [
+            (memoryview(HEADER.pack(kind, chunk_id, a, b, length)), tuple(map(os.dup, fds)) if fds else ())
+        ]
         views.extend((memoryview(p), ()) for p in parts if len(p))
         with self._lock:
             if self.closed:
@@ -97,10 +101,11 @@ class ParentChannel:
         while backlog:
             # One sendmsg carries at most one frame's fds, at its start, so each fd leaves with its frame.
             batch = [backlog[0]]
-            for item in list(itertools.islice(backlog, 1, 64)):
-                if item[1]:
-                    break
-                batch.append(item)
+            if len(backlog) > 1:
+                for item in list(itertools.islice(backlog, 1, 64)):
+                    if item[1]:
+                        break
+                    batch.append(item)
             fds = batch[0][1]
             try:
                 sent = self.sock.sendmsg([view for view, _ in batch], _rights(fds))

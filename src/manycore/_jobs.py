@@ -191,19 +191,22 @@ class SchedulerBase:
         their input advances only as their consumer reads: join waits for their chunks in flight instead.
         """
         with self._lock:
-            if self.state is not State.RUNNING:
-                raise PoolClosedError("Pool not running: it was closed or terminated; create a new one")
-            if self.broken is not None:
-                raise self.broken
-            self._jobs.add(job)
-            job.counted = counted
-            self._active += counted
-            if job.task_timeout is not None:
-                self._timeouts_active += 1
+            self._admit_locked(job, counted)
             self._dispatchable.append(job)
             assignments = self._assign_locked()
         self._send(assignments)
         self._submitted(job)
+
+    def _admit_locked(self, job: Job, counted: bool) -> None:
+        if self.state is not State.RUNNING:
+            raise PoolClosedError("Pool not running: it was closed or terminated; create a new one")
+        if self.broken is not None:
+            raise self.broken
+        self._jobs.add(job)
+        job.counted = counted
+        self._active += counted
+        if job.task_timeout is not None:
+            self._timeouts_active += 1
 
     def more_ready(self, job: Job) -> None:
         """An imap consumer pulled more chunks into ``job.queued``."""

@@ -17,7 +17,7 @@ from . import _options as opt
 from ._broadcast import Broadcast
 from ._jobs import SchedulerBase, State
 from ._progress import make_bar
-from ._results import ApplyResult, AsyncResult, IMapIterator, MapResult
+from ._results import ApplyResult, AsyncResult, Call, IMapIterator, MapResult
 from ._shm import DEFAULT_THRESHOLD
 from .errors import PoolClosedError
 
@@ -174,6 +174,19 @@ class Pool:
         self, func: Callable[..., R], args: Sequence[Any] = (), kwds: Mapping[str, Any] | None = None
     ) -> R:
         """Run ``func(*args, **kwds)`` in a worker and return its result."""
+        self._check_running()
+        run_lent = getattr(self._scheduler, "run_lent", None)
+        if run_lent is not None:
+            call: Call[R] = Call(
+                self._scheduler,
+                opt.function(func),
+                args,
+                dict(kwds or {}),
+                task_timeout=self._defaults["task_timeout"],
+                retries=self._defaults["retries"],
+            )
+            if run_lent(call):  # an idle worker, lent to this thread: no hand-off to the supervisor
+                return call.result()
         return self.apply_async(func, args, kwds).get()
 
     def apply_async(

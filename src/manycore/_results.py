@@ -1,6 +1,7 @@
 """The result objects that calls return; each is also the scheduler Job that produces it.
 
 - ``ApplyResult``: one call (``apply``/``apply_async``), the ``multiprocessing.pool.AsyncResult`` contract.
+- ``Call``: a synchronous ``apply`` whose result the calling thread reads itself.
 - ``MapResult``: ``map``/``starmap`` and their ``_async`` forms over a sized input, sliced into chunks lazily.
 - ``IMapIterator``: ``imap``/``imap_unordered``; reads its input lazily in the consumer's thread and keeps a
   bounded window of items in flight, so memory stays flat on endless generators.
@@ -130,6 +131,57 @@ class ApplyResult(AsyncResult[T]):
 
     def deliver(self, chunk: Chunk, values: list[Any], errors: dict[int, BaseException]) -> None:
         self._finish(values[0], errors.get(0))
+
+
+class Call(Job, Generic[T]):
+    """``Pool.apply`` run on a worker lent to the calling thread (``Scheduler.run_lent``).
+
+    An ``ApplyResult`` without what only an asynchronous result needs (an event, callbacks): its one reader is
+    the thread that made it, and that leanness is part of what makes ``apply``'s round trip short (W5).
+    """
+
+    kind = ch.CALL
+
+    def __init__(
+        self,
+        scheduler: SchedulerBase,
+        fn: Callable[..., T],
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        **options: Any,
+    ) -> None:
+        super().__init__(scheduler, fn, **options)
+        self._chunk: Chunk | None = Chunk(self, 0, [(tuple(args), kwargs)])
+        self._value: Any = None
+        self._error: BaseException | None = None
+        # Locks as cheap one-shot flags: the first outcome wins (delivery and terminate may race), and the
+        # caller waits on ``_done`` only when its result did not come back on the lent worker.
+        self._settled = threading.Lock()
+        self._done = threading.Lock()
+        self._done.acquire()
+
+    def take_locked(self) -> Chunk | None:
+        chunk, self._chunk = self._chunk, None
+        return chunk
+
+    def deliver(self, chunk: Chunk, values: list[Any], errors: dict[int, BaseException]) -> None:
+        self._finish(values[0], errors.get(0))
+
+    def fail_all(self, exc: BaseException) -> None:
+        self._finish(None, exc)
+
+    def _finish(self, value: Any, error: BaseException | None) -> None:
+        if self._settled.acquire(blocking=False):
+            self._value, self._error = value, error
+            self.scheduler.job_finished(self)
+            self._done.release()
+
+    def result(self) -> T:
+        if not self._done.acquire(blocking=False):
+            _interruptible(self.scheduler, self._done.acquire)  # e.g. re-run elsewhere after a worker died
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[no-any-return]
 
 
 class MapResult(AsyncResult[list[T]]):
