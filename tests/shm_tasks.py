@@ -46,3 +46,25 @@ def blas_env(_: object = None) -> str | None:
 
 def big_sum(a: np.ndarray) -> int:
     return int(a[:: 1 << 20].sum()) + int(a[-1])
+
+
+def make_16mib(i: int) -> np.ndarray:
+    return np.full(1 << 21, float(i))
+
+
+def worker_pid(_: object = None) -> int:
+    return os.getpid()
+
+
+def memfds() -> int:
+    """Shared-memory segments (distinct memfds) this worker holds."""
+    fd_dir = f"/proc/{os.getpid()}/fd"
+    segments = set()
+    for name in os.listdir(fd_dir):
+        path = os.path.join(fd_dir, name)
+        try:
+            if os.readlink(path).startswith("/memfd:manycore "):
+                segments.add(os.stat(path).st_ino)
+        except OSError:
+            pass
+    return len(segments)

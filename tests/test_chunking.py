@@ -10,9 +10,18 @@ def test_fixed_chunksize_is_respected() -> None:
     assert [c.next_size(100), c.next_size(None), c.next_size(3)] == [7, 7, 7]
 
 
-def test_ramp_before_any_measurement() -> None:
+def test_one_item_probes_before_any_measurement() -> None:
     c = Chunker(None, workers=2)
-    assert [c.next_size(None) for _ in range(5)] == [1, 2, 4, 8, 16]
+    assert [c.next_size(None) for _ in range(5)] == [1, 1, 1, 1, 1]
+    c.observe_time(1, 1e-6)
+    assert c.next_size(None) > 1
+
+
+def test_big_results_cap_the_chunk_size() -> None:
+    c = Chunker(None, workers=2)
+    c.observe_time(4, 4e-6)
+    c.observe_bytes(1, 16 << 20)  # one 16 MiB result
+    assert c.next_size(None) == 1
 
 
 def test_size_targets_the_time_budget_from_measured_cost() -> None:

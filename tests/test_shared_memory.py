@@ -22,9 +22,12 @@ from shm_tasks import (
     identity,
     is_readonly,
     keep_first,
+    make_16mib,
     make_array,
+    memfds,
     slice_sum,
     sum_with,
+    worker_pid,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -101,6 +104,33 @@ def test_many_large_results_are_all_correct(pool: manycore.Pool) -> None:
     assert all(r.shape == (1 << 18,) and (r == i).all() for i, r in enumerate(results))
     results[0][:] = -1  # writable, and private: the next call's results are unaffected
     assert all((r == i).all() for i, r in enumerate(pool.map(make_array, range(24))))
+
+
+def test_results_live_in_their_segment_until_dropped_then_it_is_reused(no_leftover_processes: None) -> None:
+    """Results are rebuilt on the worker's segment, with no copy: while the user holds one, its segment is never
+    reused (the values stay put); once dropped, the segment goes back to the worker, which reuses it."""
+    with manycore.Pool(1) as pool:
+        held = [pool.apply(make_16mib, (i,)) for i in range(4)]
+        assert pool.apply(memfds) >= 4  # one segment per held result
+        for i in range(10, 20):
+            assert (pool.apply(make_16mib, (i,)) == i).all()  # dropped at once: its segment comes back
+        assert all((r == i).all() and r.flags.writeable for i, r in enumerate(held))
+        del held
+        gc.collect()
+        for i in range(40):
+            assert pool.apply(make_16mib, (i,))[-1] == i
+        # Without reuse this would be one segment per call (over 50); the pool keeps a few warm ones.
+        assert pool.apply(memfds) <= 6
+
+
+def test_results_held_by_the_user_do_not_count_against_max_memory_per_worker(
+    no_leftover_processes: None,
+) -> None:
+    with manycore.Pool(1, max_memory_per_worker=300 << 20) as pool:
+        first = pool.apply(worker_pid)
+        held = pool.map(make_16mib, range(40))  # 640 MiB of results, all in the worker's segments
+        assert pool.apply(worker_pid) == first  # shared memory is not the worker's own: no restart
+        assert all(r[0] == i for i, r in enumerate(held))
 
 
 def test_bytes_bytearray_and_memoryview_items(pool: manycore.Pool) -> None:

@@ -4,13 +4,15 @@ Each chunk costs a fixed overhead (a message each way, about 0.1 ms) and its ite
 and the overhead dominates (a million tiny items); too large and the last chunks leave cores idle (a few slow
 items at the end of the input). So:
 
-- before anything is measured, sizes ramp up 1, 2, 4, 8 ..., so slow items are never over-committed;
+- before anything is measured, every chunk holds one item: a probe. Slow items are never over-committed, and
+  neither are big results (a chunk of ten 16 MiB results needs a 160 MiB segment of fresh memory);
 - once chunks come back, the size targets ``TARGET_SECONDS`` of work per chunk from the average item cost
   reported by the workers (compute time only, so a busy parent does not distort it);
 - when the number of items left is known, no chunk takes more than a ``1 / (2 * workers)`` share of them
   (guided self-scheduling), so the tail is split finely and imbalance at the end of the input is absorbed,
   down to ``MIN_TAIL_SECONDS`` of work per chunk;
-- a chunk's pickled size is capped near ``MAX_CHUNK_BYTES`` so that streaming large items keeps memory flat.
+- a chunk's pickled size, arguments or results, is capped near ``MAX_CHUNK_BYTES``, so that streaming large
+  items keeps memory flat.
 """
 
 from __future__ import annotations
@@ -21,13 +23,12 @@ TARGET_SECONDS = 0.010
 # The tail split never goes below this much work per chunk: finer than that, messages cost more than idle cores.
 MIN_TAIL_SECONDS = 0.002
 MAX_CHUNK_BYTES = 1 << 20
-MAX_RAMP = 1 << 20
 
 
 class Chunker:
     """Decides chunk sizes for one job; ``fixed`` is the user's explicit ``chunksize``."""
 
-    __slots__ = ("_bytes_per_item", "_items", "_next_ramp", "_seconds", "fixed", "target", "workers")
+    __slots__ = ("_bytes_per_item", "_items", "_seconds", "fixed", "target", "workers")
 
     def __init__(self, fixed: int | None, workers: int, target: float = TARGET_SECONDS) -> None:
         self.fixed = fixed
@@ -36,20 +37,17 @@ class Chunker:
         self._seconds = 0.0  # decayed sums of measured compute time and of items: their ratio is the cost
         self._items = 0.0
         self._bytes_per_item: float | None = None
-        self._next_ramp = 1
 
     def next_size(self, remaining: int | None) -> int:
         if self.fixed is not None:
             return self.fixed
         if not self._items:
-            size = self._next_ramp
-            self._next_ramp = min(self._next_ramp * 2, MAX_RAMP)
-        else:
-            size = max(1, int(self.target * self._items / max(self._seconds, 1e-9)))
+            return 1  # nothing measured yet: the first chunks (one per slot) are probes
+        size = max(1, int(self.target * self._items / max(self._seconds, 1e-9)))
         if self._bytes_per_item:
             size = min(size, max(1, int(MAX_CHUNK_BYTES / self._bytes_per_item)))
         if remaining is not None:
-            floor = int(MIN_TAIL_SECONDS * self._items / max(self._seconds, 1e-9)) if self._items else 1
+            floor = int(MIN_TAIL_SECONDS * self._items / max(self._seconds, 1e-9))
             size = min(size, max(1, floor, math.ceil(remaining / (2 * self.workers))))
         return max(1, size)
 

@@ -44,6 +44,7 @@ import socket
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -168,6 +169,21 @@ class Worker:
 
 _live: weakref.WeakSet[Scheduler] = weakref.WeakSet()
 
+# Result segments in use by the user's objects: a weak reference to each mapping, whose callback returns the
+# segment to its worker (see Scheduler._unpack_in_place). Keyed by a counter, so the callback removes its own.
+_segment_watch: dict[int, weakref.ref[mmap.mmap]] = {}
+_watch_keys = itertools.count()
+
+
+def _segment_dropped(
+    freed: deque[tuple[ch.ParentChannel, int]], channel: ch.ParentChannel, sid: int, key: int
+) -> Callable[[weakref.ref[mmap.mmap]], None]:
+    def dropped(_: weakref.ref[mmap.mmap]) -> None:
+        _segment_watch.pop(key, None)
+        freed.append((channel, sid))
+
+    return dropped
+
 
 @atexit.register
 def _terminate_all() -> None:
@@ -197,6 +213,7 @@ class Scheduler(SchedulerBase):
         self.zero_copy_threshold = zero_copy_threshold
         self._broadcasts: dict[int, Broadcast[Any]] = {}
         self._segments = _shm.SegmentPool()
+        self._freed: deque[tuple[ch.ParentChannel, int]] = deque()  # result segments to hand back
         self._init_blob = dumps_function(
             (
                 initializer,
@@ -285,6 +302,8 @@ class Scheduler(SchedulerBase):
         return out
 
     def _send(self, assignments: list[tuple[Worker, Chunk, bool]]) -> None:
+        if self._freed:
+            self._send_freed()
         backlog = False
         for w, chunk, with_fn in assignments:
             job = chunk.job
@@ -483,6 +502,8 @@ class Scheduler(SchedulerBase):
         return None
 
     def _poll(self, timeout: float | None) -> list[tuple[Worker, Chunk, ch.Frame]]:
+        if self._freed:
+            self._send_freed()
         results: list[tuple[Worker, ch.Frame]] = []
         for data, readable, writable in self._selector.poll(timeout):
             if data is None:
@@ -573,13 +594,13 @@ class Scheduler(SchedulerBase):
                     w.channel.send(ch.SEGMENT_FREE, _shm.segment_id(frame.body), 0, 0)
                 continue
             job.chunker.observe_time(len(chunk.items), frame.a / 1e9)
+            # Results count towards the chunk size cap too: a chunk of big results needs a big fresh segment.
+            nbytes = len(frame.body) + (_shm.segment_bytes(frame.body) if frame.fd is not None else 0)
+            job.chunker.observe_bytes(len(chunk.items), nbytes)
             try:
                 if frame.fd is not None:
                     fd, frame.fd = frame.fd, None
-                    try:
-                        values, _, _ = _shm.unpack(memoryview(frame.body), fd, copy=True)
-                    finally:
-                        w.channel.send(ch.SEGMENT_FREE, _shm.segment_id(frame.body), 0, 0)
+                    values = self._unpack_in_place(w, frame.body, fd)
                     errors = {}
                 elif frame.b & PARTIAL:
                     values, packed = loads(frame.body)
@@ -604,6 +625,30 @@ class Scheduler(SchedulerBase):
                 )
                 values, errors = [None], {0: err}
             job.deliver(chunk, values, errors)
+
+    def _unpack_in_place(self, w: Worker, body: bytearray, fd: int) -> Any:
+        """Results rebuilt on the worker's segment itself; the segment goes back once nothing uses it."""
+        sid = _shm.segment_id(body)
+        mapping = None
+        views: list[memoryview] = []
+        try:
+            values, mapping, views = _shm.unpack(memoryview(body), fd)
+        finally:
+            if _shm.release(mapping, views):
+                w.channel.send(ch.SEGMENT_FREE, sid, 0, 0)  # nothing kept (e.g. bytes, which copy): reuse now
+            elif mapping is not None:
+                # The mapping lives as long as the arrays on it; when it goes, the worker may reuse the segment.
+                # The callback may run in any thread, even inside a lock of ours (a garbage collection): it only
+                # appends, and the next send or poll passes the news on.
+                key = next(_watch_keys)
+                _segment_watch[key] = weakref.ref(mapping, _segment_dropped(self._freed, w.channel, sid, key))
+        return values
+
+    def _send_freed(self) -> None:
+        freed = self._freed
+        while freed:
+            channel, sid = freed.popleft()
+            channel.send(ch.SEGMENT_FREE, sid, 0, 0)
 
     # ---- workers coming and going (supervisor thread) ------------------------------------------------------
 

@@ -126,7 +126,7 @@ def _pack_values(values: list[Any], errors: dict[int, bytes], first: int) -> tup
 
 
 # Segments lent to the parent for results, by id, until it sends SEGMENT_FREE; then reused.
-_RESULT_SEGMENTS = _shm.SegmentPool(threads=False)
+_RESULT_SEGMENTS = _shm.SegmentPool(threads=False, exact=True)
 _LENT: dict[int, _shm.Segment] = {}
 
 
@@ -174,10 +174,15 @@ def _limit_loaded_blas(env: dict[str, str]) -> None:
 
 
 def _rss() -> int:
-    """This process's resident memory in bytes (Linux /proc; 0 elsewhere, which never triggers a restart)."""
+    """This process's private resident memory in bytes (Linux /proc; 0 elsewhere: never a restart).
+
+    Private: resident minus shared pages. Shared memory is not the worker's own (results it lent to the parent
+    live in segments for as long as the user keeps them), and neither are the libraries it maps.
+    """
     try:
         with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * mmap.PAGESIZE
+            fields = statm.read().split()
+        return (int(fields[1]) - int(fields[2])) * mmap.PAGESIZE
     except OSError:
         return 0
 
