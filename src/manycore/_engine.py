@@ -20,6 +20,7 @@ parallelism, only after a crash, and is what lets the culprit fail alone while e
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,12 +35,19 @@ DEPTH = 2
 
 def run_chunk(
     fn: Callable[..., Any], kind: int, first: int, items: list[Any]
-) -> tuple[list[Any], dict[int, bytes]]:
-    """One chunk, on whatever runs it; per-item errors come back pickled with their traceback text."""
+) -> tuple[list[Any], dict[int, bytes], float]:
+    """One chunk, on whatever runs it: (values, per-item errors pickled with their traceback text, seconds).
+
+    The seconds are the chunk's compute time where it ran, which sizes the job's next automatic chunks
+    without the engine's scheduling and transfer delays.
+    """
+    started = time.perf_counter()
     if kind == ch.CALL:
         args, kwargs = items[0]
-        return run_items(lambda _: fn(*args, **kwargs), (None,), False, first, None)
-    return run_items(fn, items, kind == ch.STARMAP, first, None)
+        values, errors = run_items(lambda _: fn(*args, **kwargs), (None,), False, first, None)
+    else:
+        values, errors = run_items(fn, items, kind == ch.STARMAP, first, None)
+    return values, errors, time.perf_counter() - started
 
 
 class Engine:
@@ -74,6 +82,7 @@ class EngineScheduler(SchedulerBase):
     """The scheduler for external engines: same jobs and semantics, chunks run by ``engine.run``."""
 
     def __init__(self, engine: Engine) -> None:
+        engine.start()  # first: Dask and Ray learn their slots from the cluster there
         super().__init__(engine.slots)
         self.start_method = engine.name
         self.chunk_seconds = engine.chunk_seconds
@@ -82,7 +91,6 @@ class EngineScheduler(SchedulerBase):
         self._suspects: list[Chunk] = []  # items of lost chunks, to be re-run one at a time
         self._isolated: Chunk | None = None  # the suspect running alone now
         self._stopped = threading.Event()
-        engine.start()
 
     # ---- dispatch ----------------------------------------------------------------------------------------
 
@@ -124,7 +132,8 @@ class EngineScheduler(SchedulerBase):
         requeue: list[Chunk] = []
         suspects: list[Chunk] = []
         if error is None:
-            values, packed = result
+            values, packed, seconds = result
+            job.chunker.observe_time(len(chunk.items), seconds)
             if not job.closed:
                 job.deliver(chunk, values, {k: unpack_exception(v) for k, v in packed.items()})
         elif self._engine.is_worker_lost(error) and not job.closed:

@@ -149,8 +149,15 @@ def make_scheduler(
     if backend == "thread":
         backend = backends.Thread(processes(count), initializer, tuple(initargs))
         initializer = None
+    elif backend == "ray" and initializer is not None:
+        backend = backends.Ray(initializer=initializer, initargs=tuple(initargs))
+        initializer = None
     engine = backends.resolve(backend, count)
     name = getattr(engine, "name", backend)
+    if initializer is not None and isinstance(engine, backends.Ray):
+        raise ValueError(
+            "with a manycore.backends.Ray object, pass the initializer to it: Ray(initializer=...)"
+        )
     refused = {
         "initializer": initializer is not None and not isinstance(engine, backends.Thread),
         "maxtasksperchild": task_limit is not None,

@@ -35,3 +35,30 @@ def exit_on_three(x: int) -> int:
     if x == 3:
         os._exit(7)  # the worker process dies, as in a crash
     return x
+
+
+_state: tuple[str, int] | None = None
+
+
+def set_state(value: str) -> None:
+    import os
+
+    global _state
+    _state = (value, os.getpid())
+
+
+def read_state(_: object) -> str | None:
+    """The initializer's value if it ran in this very process (a forked copy of the parent's does not count)."""
+    import os
+
+    return _state[0] if _state is not None and _state[1] == os.getpid() else None
+
+
+def explode() -> None:
+    raise RuntimeError("initializer exploded")
+
+
+def pid(_: object) -> int:
+    import os
+
+    return os.getpid()

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
 
 import pytest
 
 import manycore
 
-from contract_tasks import add, exit_on_three, fail_on_three, nap, pick, square
+from contract_tasks import (
+    add,
+    exit_on_three,
+    explode,
+    fail_on_three,
+    nap,
+    pick,
+    pid,
+    read_state,
+    set_state,
+    square,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -95,6 +107,36 @@ def test_unsupported_options_are_refused(make_pool: MakePool, backend_name: str)
         make_pool(maxtasksperchild=2)
 
 
+def test_workers_are_reused_between_calls(make_pool: MakePool) -> None:
+    with make_pool() as pool:
+        first = set(pool.map(pid, range(40), chunksize=1))
+        second = set(pool.map(pid, range(40), chunksize=1))
+    assert len(first | second) <= 2  # every backend here has 2 slots: 2 processes at most, kept
+
+
+def test_initializer_runs_in_every_worker_and_its_replacements(
+    make_pool: MakePool, backend_name: str
+) -> None:
+    if backend_name == "dask":
+        with pytest.raises(ValueError, match="initializer is not supported on the dask backend"):
+            make_pool(initializer=set_state, initargs=("ready",))
+        return
+    with make_pool(initializer=set_state, initargs=("ready",)) as pool:
+        assert pool.map(read_state, range(20), chunksize=1) == ["ready"] * 20
+        if backend_name != "thread":  # a worker that dies is replaced, and its replacement initialized too
+            out = pool.map(exit_on_three, range(6), chunksize=1, on_error="return")
+            assert isinstance(out[3], manycore.WorkerLostError)
+            assert pool.map(read_state, range(20), chunksize=1) == ["ready"] * 20
+
+
+def test_failing_initializer_is_an_initializer_error(make_pool: MakePool, backend_name: str) -> None:
+    if backend_name == "dask":
+        pytest.skip("the dask backend refuses initializer")
+    with make_pool(initializer=explode) as pool, pytest.raises(manycore.errors.InitializerError) as info:
+        pool.map(square, range(10))
+    assert "initializer exploded" in str(info.value.__cause__)
+
+
 def test_closing_the_pool_keeps_the_users_cluster(make_pool: MakePool, backend_name: str) -> None:
     with make_pool() as pool:
         pool.map(square, range(10))
@@ -124,3 +166,29 @@ def test_dask_pool_closes_only_the_client_it_created(dask_client: object) -> Non
         assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
     assert backend._client.status == "closed"
     assert dask_client.status == "running"  # type: ignore[attr-defined]
+
+
+def test_ray_pool_holds_one_cpu_per_actor_until_closed(ray_runtime: None) -> None:
+    import ray
+
+    def cpus_free_within(expected: float, seconds: float = 30) -> bool:
+        deadline = time.monotonic() + seconds
+        while ray.available_resources().get("CPU", 0) != expected:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    total = ray.cluster_resources()["CPU"]
+    with manycore.Pool(backend="ray") as pool:
+        assert pool.map(square, range(10)) == [x * x for x in range(10)]
+        assert cpus_free_within(0)  # one long-lived actor per CPU, each holding its CPU...
+        time.sleep(1.0)
+        assert ray.available_resources().get("CPU", 0) == 0  # ...while idle too, unlike a finished task
+    assert cpus_free_within(total)  # closing killed them
+
+
+def test_a_ray_object_takes_the_initializer_itself() -> None:
+    # Refused before anything connects to Ray, and pointing to where the initializer goes.
+    with pytest.raises(ValueError, match=r"pass the initializer to it: Ray\(initializer=...\)"):
+        manycore.Pool(backend=manycore.backends.Ray(), initializer=set_state, initargs=("ready",))

@@ -14,12 +14,18 @@ Engines are imported only when used: ``import manycore`` never imports dask or r
 from __future__ import annotations
 
 import concurrent.futures
+import queue
+import sys
+import threading
+import traceback
 from collections.abc import Callable
 from typing import Any
 
 from .._engine import Engine, run_chunk
 from .._jobs import Chunk
 from .._options import cpu_count
+from .._wire import pack_exception
+from ..errors import InitializerError
 
 __all__ = ["Dask", "Engine", "Ray", "Thread", "resolve"]
 
@@ -27,8 +33,11 @@ __all__ = ["Dask", "Engine", "Ray", "Thread", "resolve"]
 class LocalHandle:
     """``Pool.broadcast`` on the thread backend: the object is already shared; tasks receive it as is."""
 
+    made = False  # whether any handle was ever made in this process: chunks need searching for them
+
     def __init__(self, obj: object) -> None:
         self.obj = obj
+        LocalHandle.made = True
 
     def release(self) -> None:
         self.obj = None
@@ -64,20 +73,34 @@ class Thread(Engine):
         self._initializer = initializer
         self._initargs = initargs
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        # The initializer's failure is kept per thread, not raised: concurrent.futures would break the whole
+        # executor (BrokenThreadPool); this way each task reports an InitializerError, as on other backends.
+        self._init_errors = threading.local()
 
     def start(self) -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            self.slots,
-            thread_name_prefix="manycore-thread",
-            initializer=self._initializer,
-            initargs=self._initargs,
+            self.slots, thread_name_prefix="manycore-thread", initializer=self._init_thread
         )
+
+    def _init_thread(self) -> None:
+        self._init_errors.error = _initialize(self._initializer, self._initargs, "a worker thread")
+
+    def _run(
+        self, fn: Callable[..., Any], kind: int, first: int, items: list[Any]
+    ) -> tuple[list[Any], dict[int, bytes], float]:
+        error = getattr(self._init_errors, "error", None)
+        if error is not None:
+            return _failed_chunk(error, first, len(items))
+        return run_chunk(fn, kind, first, items)
 
     def run(self, chunk: Chunk, done: Callable[[Chunk, Any, BaseException | None], None]) -> None:
         assert self._executor is not None
         job = chunk.job
-        items = _substitute(list(chunk.items), lambda h: h.obj, LocalHandle)
-        future = self._executor.submit(run_chunk, job.fn, job.kind, chunk.first, items)
+        # Looking for handles costs as much as the items' work for tiny items: only once a broadcast exists.
+        items = list(chunk.items)
+        if LocalHandle.made:
+            items = _substitute(items, _obj, LocalHandle)
+        future = self._executor.submit(self._run, job.fn, job.kind, chunk.first, items)
         future.add_done_callback(lambda f: done(chunk, None if f.exception() else f.result(), f.exception()))
 
     def broadcast(self, obj: object) -> LocalHandle:
@@ -156,16 +179,42 @@ class Dask(Engine):
 class Ray(Engine):
     """A Ray runtime: the connected one (``ray.init(...)`` done by the user), or one at ``address``.
 
-    ``broadcast`` uses ``ray.put``. Tasks run with ``max_retries=0``, so a worker that dies is handled by
-    manycore as locally. Not supported, and refused: ``task_timeout``, ``initializer``, ``maxtasksperchild``.
+    Chunks run on long-lived Ray actors, one per CPU of the cluster when the pool starts, each reserving its
+    CPU (``num_cpus=1``) until the pool closes: a second pool open at the same time, or other Ray work, waits
+    for the CPUs this one holds. A chunk goes to the actor with the fewest calls outstanding, among those
+    already running: an actor still waiting for a CPU gets chunks only while none is running.
+
+    ``initializer(*initargs)`` (given here, or as ``Pool(initializer=..., backend="ray")``) runs once in
+    each actor, as in a local worker process; if it raises, the tasks sent to that actor fail with
+    ``InitializerError``. ``broadcast`` uses ``ray.put``. An actor whose process dies (``os._exit``, a
+    signal, its node lost) is replaced by a new one, and the items it held are handled as locally: re-run,
+    and the culprit alone fails with ``WorkerLostError``. Not supported, and refused: ``task_timeout`` and
+    ``maxtasksperchild``. Closing the pool kills its actors; it shuts Ray down only if the pool started it
+    (``address=...`` with no runtime connected).
     """
 
     name = "ray"
 
-    def __init__(self, address: str | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> None:
         self._address = address
+        self._initializer = initializer
+        self._initargs = initargs
         self._started = False
-        self._remote: Any = None
+        self._actor_class: Any = None
+        self._lock = threading.Lock()
+        self._actors: list[_RayActor] = []
+        self._closed = False
+        # Finished calls, handled on a thread of ours: Ray runs future callbacks on its I/O thread, where
+        # ray.kill (replacing a dead actor, closing the pool) blocks forever, and where the scheduler's work
+        # would hold up every other reply.
+        self._finished: queue.SimpleQueue[tuple[_RayCall, concurrent.futures.Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
 
     def start(self) -> None:
         import ray
@@ -179,18 +228,83 @@ class Ray(Engine):
                 )
             ray.init(address=self._address)
             self._started = True
-        self.slots = max(1, int(ray.available_resources().get("CPU", 1)))
-        self._remote = ray.remote(max_retries=0)(_ray_chunk)
+        # All the cluster's CPUs, not just those free now: Ray holds a finished task's CPU for a moment (to
+        # reuse its worker), so work done just before would shrink the pool for its whole life. Actors that
+        # find no free CPU wait for one, and get chunks once they run.
+        self.slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        # max_restarts=0: Ray fails calls sent to an actor that is restarting, which would blame the item
+        # being re-run alone for a crash it did not cause; a new actor, made here, queues them instead.
+        self._actor_class = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(_RayWorker)
+        self._actors = [self._new_actor() for _ in range(self.slots)]
+        threading.Thread(target=self._dispatch, name="manycore-ray", daemon=True).start()
+
+    def _new_actor(self) -> _RayActor:
+        entry = _RayActor(self._actor_class.remote(self._initializer, self._initargs))
+        # A plain attribute write, safe from Ray's I/O thread.
+        entry.handle.__ray_ready__.remote().future().add_done_callback(
+            lambda future: setattr(entry, "ready", future.exception() is None)
+        )
+        return entry
 
     def run(self, chunk: Chunk, done: Callable[[Chunk, Any, BaseException | None], None]) -> None:
         job = chunk.job
-        items = _substitute(list(chunk.items), lambda h: h.ref, RayHandle)
-        ref = self._remote.remote(job.fn, job.kind, chunk.first, items)
-        future = ref.future()
-        future.add_done_callback(lambda f: done(chunk, None if f.exception() else f.result(), f.exception()))
+        # Looking for handles costs as much as pickling the items: only once some broadcast exists.
+        resolve = RayHandle.made
+        items = _substitute(list(chunk.items), _ref, RayHandle) if resolve else chunk.items
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the Ray engine is closed")
+            # An actor runs its calls one after the other: the least loaded one starts this chunk soonest.
+            running = [entry for entry in self._actors if entry.ready] or self._actors
+            entry = min(running, key=_load)
+            entry.load += 1
+        try:
+            ref = entry.handle.run.remote(job.fn, job.kind, chunk.first, items, resolve)
+        except BaseException:
+            with self._lock:
+                entry.load -= 1
+            raise
+        call = _RayCall(chunk, done, entry)
+        ref.future().add_done_callback(lambda future: self._finished.put((call, future)))
+
+    def _dispatch(self) -> None:
+        while (finished := self._finished.get()) is not None:
+            call, future = finished
+            error = future.exception()
+            lost = error is not None and self.is_worker_lost(error)
+            replaced: _RayActor | None = None
+            with self._lock:
+                if self._closed:
+                    continue
+                call.actor.load -= 1
+                if lost and call.actor in self._actors:
+                    replaced = call.actor
+                    self._actors[self._actors.index(replaced)] = self._new_actor()
+            if replaced is not None:
+                import ray
+
+                # Killed even if only unreachable: a half-alive actor would keep the CPU the new one needs.
+                ray.kill(replaced.handle, no_restart=True)
+            try:
+                call.done(call.chunk, None if error is not None else future.result(), error)
+            except Exception:
+                # Reported, not fatal: this thread hands over every other result of the pool.
+                print("manycore: handling a Ray result failed:", file=sys.stderr)
+                traceback.print_exc()
 
     def is_worker_lost(self, exc: BaseException) -> bool:
-        return type(exc).__name__ in ("WorkerCrashedError", "NodeDiedError", "ActorDiedError")
+        import ray.exceptions
+
+        # RayActorError covers ActorDiedError and ActorUnavailableError: the actor's process or node is gone.
+        return isinstance(
+            exc,
+            (
+                ray.exceptions.RayActorError,
+                ray.exceptions.WorkerCrashedError,
+                ray.exceptions.NodeDiedError,
+                ray.exceptions.OutOfMemoryError,
+            ),
+        )
 
     def broadcast(self, obj: object) -> RayHandle:
         import ray
@@ -198,28 +312,106 @@ class Ray(Engine):
         return RayHandle(ray.put(obj))
 
     def close(self) -> None:
-        if self._started:
-            import ray
+        import ray
 
+        with self._lock:
+            self._closed = True
+            actors, self._actors = self._actors, []
+        self._finished.put(None)
+        if self._started:
             ray.shutdown()
+        elif ray.is_initialized():
+            for entry in actors:
+                ray.kill(entry.handle, no_restart=True)
+
+
+class _RayActor:
+    """One of a Ray pool's actors: its handle, its calls outstanding, whether it has started."""
+
+    __slots__ = ("handle", "load", "ready")
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.load = 0
+        self.ready = False
+
+
+def _load(entry: _RayActor) -> int:
+    return entry.load
+
+
+def _obj(handle: LocalHandle) -> Any:
+    return handle.obj
+
+
+def _ref(handle: RayHandle) -> Any:
+    return handle.ref
+
+
+class _RayCall:
+    """One chunk sent to an actor, until the dispatcher has handled its result."""
+
+    __slots__ = ("actor", "chunk", "done")
+
+    def __init__(
+        self, chunk: Chunk, done: Callable[[Chunk, Any, BaseException | None], None], actor: _RayActor
+    ) -> None:
+        self.chunk = chunk
+        self.done = done
+        self.actor = actor
 
 
 class RayHandle:
     """``Pool.broadcast`` on Ray: the object is in Ray's object store once; tasks receive the object."""
 
+    made = False  # whether any handle was ever made in this process: chunks need searching for them
+
     def __init__(self, ref: Any) -> None:
         self.ref = ref
+        RayHandle.made = True
 
     def release(self) -> None:
         self.ref = None  # Ray frees the object once no reference to it is left
 
 
-def _ray_chunk(fn: Callable[..., Any], kind: int, first: int, items: list[Any]) -> Any:
-    import ray
+def _initialize(
+    initializer: Callable[..., object] | None, initargs: tuple[Any, ...], where: str
+) -> InitializerError | None:
+    """Run the pool's initializer in an engine's worker; its failure, to report for every task sent there."""
+    if initializer is None:
+        return None
+    try:
+        initializer(*initargs)
+    except Exception as exc:
+        error = InitializerError(f"the pool's initializer raised in {where} ({type(exc).__name__}: {exc})")
+        error.__cause__ = exc
+        return error
+    return None
 
-    # Ray resolves object refs only at the top level of arguments; broadcast handles sit inside items.
-    items = _substitute(items, ray.get, ray.ObjectRef)
-    return run_chunk(fn, kind, first, items)
+
+def _failed_chunk(error: BaseException, first: int, n: int) -> tuple[list[Any], dict[int, bytes], float]:
+    """``run_chunk``'s answer for a chunk whose worker could not be initialized: the error for every item."""
+    packed = pack_exception(error, first)
+    return [None] * n, dict.fromkeys(range(n), packed), 0.0
+
+
+class _RayWorker:
+    """The actor behind each of a Ray pool's slots (made remote in ``Ray.start``)."""
+
+    def __init__(self, initializer: Callable[..., object] | None, initargs: tuple[Any, ...]) -> None:
+        # Kept, not raised: an actor whose constructor raises is dead, and its calls would fail as lost
+        # workers; this way each task reports the initializer's error instead.
+        self._init_error = _initialize(initializer, initargs, "a Ray worker")
+
+    def run(self, fn: Callable[..., Any], kind: int, first: int, items: list[Any], resolve: bool) -> Any:
+        if self._init_error is not None:
+            return _failed_chunk(self._init_error, first, len(items))
+        if resolve:
+            import ray
+
+            # Ray resolves object refs only at the top level of arguments; broadcast handles sit inside items.
+            items = _substitute(items, ray.get, ray.ObjectRef)
+        return run_chunk(fn, kind, first, items)
 
 
 def resolve(backend: object, processes: int | None) -> Engine | None:
