@@ -20,8 +20,17 @@ def test_one_item_probes_before_any_measurement() -> None:
 def test_big_results_cap_the_chunk_size() -> None:
     c = Chunker(None, workers=2)
     c.observe_time(4, 4e-6)
-    c.observe_bytes(1, 16 << 20)  # one 16 MiB result
+    c.observe_bytes(1, 16 << 20, results=True)  # one 16 MiB result
     assert c.next_size(None) == 1
+
+
+def test_small_results_do_not_lift_the_cap_set_by_big_arguments() -> None:
+    c = Chunker(None, workers=2)
+    c.observe_time(1000, 1e-4)  # cheap items: time alone would allow huge chunks
+    c.observe_bytes(100, 100 * 1024)  # 1 KiB arguments
+    for _ in range(10):
+        c.observe_bytes(1000, 8000, results=True)  # tiny results
+    assert c.next_size(None) <= MAX_CHUNK_BYTES // 1024
 
 
 def test_size_targets_the_time_budget_from_measured_cost() -> None:
@@ -59,3 +68,13 @@ def test_large_items_cap_the_chunk_bytes() -> None:
     c.observe_time(1000, 1000 * 1e-7)
     c.observe_bytes(100, 100 * 1024)
     assert c.next_size(None) == MAX_CHUNK_BYTES // 1024
+
+
+def test_streaming_1_kib_items_keeps_chunks_near_1_mib(no_leftover_processes: None) -> None:
+    """W7's shape: tiny results must not lift the cap that 1 KiB arguments set (parent memory stays flat)."""
+    import manycore
+
+    with manycore.Pool(2) as pool:
+        it = pool.imap(len, (bytes(1024) for _ in range(50_000)))
+        assert sum(it) == 50_000 * 1024
+        assert it.chunker.next_size(None) <= 2 * MAX_CHUNK_BYTES // 1024

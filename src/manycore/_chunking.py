@@ -28,7 +28,7 @@ MAX_CHUNK_BYTES = 1 << 20
 class Chunker:
     """Decides chunk sizes for one job; ``fixed`` is the user's explicit ``chunksize``."""
 
-    __slots__ = ("_bytes_per_item", "_items", "_seconds", "fixed", "target", "workers")
+    __slots__ = ("_items", "_seconds", "_size_in", "_size_out", "fixed", "target", "workers")
 
     def __init__(self, fixed: int | None, workers: int, target: float = TARGET_SECONDS) -> None:
         self.fixed = fixed
@@ -36,7 +36,10 @@ class Chunker:
         self.workers = max(1, workers)
         self._seconds = 0.0  # decayed sums of measured compute time and of items: their ratio is the cost
         self._items = 0.0
-        self._bytes_per_item: float | None = None
+        # Pickled bytes per item, arguments and results apart: one estimate for both would let small results
+        # water down the size of big arguments (and the other way round).
+        self._size_in = 0.0
+        self._size_out = 0.0
 
     def next_size(self, remaining: int | None) -> int:
         if self.fixed is not None:
@@ -44,8 +47,9 @@ class Chunker:
         if not self._items:
             return 1  # nothing measured yet: the first chunks (one per slot) are probes
         size = max(1, int(self.target * self._items / max(self._seconds, 1e-9)))
-        if self._bytes_per_item:
-            size = min(size, max(1, int(MAX_CHUNK_BYTES / self._bytes_per_item)))
+        per_item = max(self._size_in, self._size_out)
+        if per_item:
+            size = min(size, max(1, int(MAX_CHUNK_BYTES / per_item)))
         if remaining is not None:
             floor = int(MIN_TAIL_SECONDS * self._items / max(self._seconds, 1e-9))
             size = min(size, max(1, floor, math.ceil(remaining / (2 * self.workers))))
@@ -59,9 +63,15 @@ class Chunker:
         self._seconds = 0.5 * self._seconds + seconds
         self._items = 0.5 * self._items + items
 
-    def observe_bytes(self, items: int, nbytes: int) -> None:
+    def observe_bytes(self, items: int, nbytes: int, *, results: bool = False) -> None:
+        """The pickled size of a chunk's arguments (or, with ``results``, of its results)."""
         if items <= 0 or self.fixed is not None:
             return
         per_item = nbytes / items
-        old = self._bytes_per_item
-        self._bytes_per_item = per_item if old is None else max(old * 0.5 + per_item * 0.5, per_item)
+        old = self._size_out if results else self._size_in
+        # Quick to rise, slow to fall: one chunk of big items is enough to shrink the next chunks.
+        new = max(old * 0.5 + per_item * 0.5, per_item)
+        if results:
+            self._size_out = new
+        else:
+            self._size_in = new

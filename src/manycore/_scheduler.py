@@ -596,7 +596,7 @@ class Scheduler(SchedulerBase):
             job.chunker.observe_time(len(chunk.items), frame.a / 1e9)
             # Results count towards the chunk size cap too: a chunk of big results needs a big fresh segment.
             nbytes = len(frame.body) + (_shm.segment_bytes(frame.body) if frame.fd is not None else 0)
-            job.chunker.observe_bytes(len(chunk.items), nbytes)
+            job.chunker.observe_bytes(len(chunk.items), nbytes, results=True)
             try:
                 if frame.fd is not None:
                     fd, frame.fd = frame.fd, None
