@@ -5,6 +5,11 @@ from __future__ import annotations
 from manycore._chunking import MAX_CHUNK_BYTES, TARGET_SECONDS, Chunker
 
 
+def settle(c: Chunker, remaining: int | None) -> int:
+    """The size the chunker settles on once its gradual growth is over."""
+    return [c.next_size(remaining) for _ in range(40)][-1]
+
+
 def test_fixed_chunksize_is_respected() -> None:
     c = Chunker(7, workers=2)
     assert [c.next_size(100), c.next_size(None), c.next_size(3)] == [7, 7, 7]
@@ -13,8 +18,9 @@ def test_fixed_chunksize_is_respected() -> None:
 def test_one_item_probes_before_any_measurement() -> None:
     c = Chunker(None, workers=2)
     assert [c.next_size(None) for _ in range(5)] == [1, 1, 1, 1, 1]
-    c.observe_time(1, 1e-6)
-    assert c.next_size(None) > 1
+    c.observe_time(1000, 1e-4)
+    # Then growth by doubling at most: one early measurement does not commit 100,000 items at once.
+    assert [c.next_size(None) for _ in range(5)] == [2, 4, 8, 16, 32]
 
 
 def test_big_results_cap_the_chunk_size() -> None:
@@ -36,14 +42,14 @@ def test_small_results_do_not_lift_the_cap_set_by_big_arguments() -> None:
 def test_size_targets_the_time_budget_from_measured_cost() -> None:
     c = Chunker(None, workers=2)
     c.observe_time(10_000, 10_000 * 1e-6)  # 1 µs per item
-    assert c.next_size(None) == int(TARGET_SECONDS / 1e-6)
+    assert settle(c, None) == int(TARGET_SECONDS / 1e-6)
 
 
 def test_a_one_item_probe_hardly_moves_the_estimate() -> None:
     c = Chunker(None, workers=2)
     c.observe_time(1, 1e-3)  # mostly fixed overhead
     c.observe_time(10_000, 10_000 * 1e-7)
-    assert c.next_size(None) > 0.5 * TARGET_SECONDS / 1e-7 * 0.5
+    assert settle(c, None) > 0.5 * TARGET_SECONDS / 1e-7 * 0.5
 
 
 def test_slow_items_get_one_per_chunk() -> None:
@@ -58,16 +64,16 @@ def test_tail_is_split_across_workers() -> None:
     assert c.next_size(4) == 1
     c = Chunker(None, workers=2)
     c.observe_time(1000, 1000 * 1e-6)
-    assert c.next_size(1_000_000) == int(TARGET_SECONDS / 1e-6)
+    assert settle(c, 1_000_000) == int(TARGET_SECONDS / 1e-6)
     assert c.next_size(4000) == 2000  # floor: 2 ms of work, more than a quarter of 4,000 items
-    assert c.next_size(40_000) == 10_000  # a quarter of what is left
+    assert settle(c, 40_000) == 10_000  # a quarter of what is left
 
 
 def test_large_items_cap_the_chunk_bytes() -> None:
     c = Chunker(None, workers=2)
     c.observe_time(1000, 1000 * 1e-7)
     c.observe_bytes(100, 100 * 1024)
-    assert c.next_size(None) == MAX_CHUNK_BYTES // 1024
+    assert settle(c, None) == MAX_CHUNK_BYTES // 1024
 
 
 def test_streaming_1_kib_items_keeps_chunks_near_1_mib(no_leftover_processes: None) -> None:

@@ -5,7 +5,8 @@ and the overhead dominates (a million tiny items); too large and the last chunks
 items at the end of the input). So:
 
 - before anything is measured, every chunk holds one item: a probe. Slow items are never over-committed, and
-  neither are big results (a chunk of ten 16 MiB results needs a 160 MiB segment of fresh memory);
+  neither are big results (a chunk of ten 16 MiB results needs a 160 MiB segment of fresh memory); after
+  that, sizes at most double from one chunk to the next;
 - once chunks come back, the size targets ``TARGET_SECONDS`` of work per chunk from the average item cost
   reported by the workers (compute time only, so a busy parent does not distort it);
 - when the number of items left is known, no chunk takes more than a ``1 / (2 * workers)`` share of them
@@ -28,7 +29,7 @@ MAX_CHUNK_BYTES = 1 << 20
 class Chunker:
     """Decides chunk sizes for one job; ``fixed`` is the user's explicit ``chunksize``."""
 
-    __slots__ = ("_items", "_seconds", "_size_in", "_size_out", "fixed", "target", "workers")
+    __slots__ = ("_items", "_last", "_seconds", "_size_in", "_size_out", "fixed", "target", "workers")
 
     def __init__(self, fixed: int | None, workers: int, target: float = TARGET_SECONDS) -> None:
         self.fixed = fixed
@@ -40,6 +41,7 @@ class Chunker:
         # water down the size of big arguments (and the other way round).
         self._size_in = 0.0
         self._size_out = 0.0
+        self._last = 1  # the previous chunk's size: sizes at most double from one chunk to the next
 
     def next_size(self, remaining: int | None) -> int:
         if self.fixed is not None:
@@ -53,7 +55,11 @@ class Chunker:
         if remaining is not None:
             floor = int(MIN_TAIL_SECONDS * self._items / max(self._seconds, 1e-9))
             size = min(size, max(1, floor, math.ceil(remaining / (2 * self.workers))))
-        return max(1, size)
+        # Grow gradually: one early measurement (often of a 1-item probe) must not commit 100,000 items at
+        # once, which an imap would read ahead of its consumer.
+        size = max(1, min(size, 2 * self._last))
+        self._last = size
+        return size
 
     def observe_time(self, items: int, seconds: float) -> None:
         if items <= 0:

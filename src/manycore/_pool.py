@@ -17,7 +17,7 @@ from . import _options as opt
 from ._broadcast import Broadcast
 from ._jobs import SchedulerBase, State
 from ._progress import make_bar
-from ._results import ApplyResult, AsyncResult, Call, IMapIterator, MapResult
+from ._results import ApplyResult, AsyncResult, Call, IMapIterator, MapResult, _interruptible
 from ._shm import DEFAULT_THRESHOLD
 from .errors import PoolClosedError
 
@@ -185,7 +185,8 @@ class Pool:
                 task_timeout=self._defaults["task_timeout"],
                 retries=self._defaults["retries"],
             )
-            if run_lent(call):  # an idle worker, lent to this thread: no hand-off to the supervisor
+            # An idle worker, lent to this thread: no hand-off to the supervisor. Ctrl-C stops the pool.
+            if _interruptible(self._scheduler, lambda: run_lent(call)):
                 return call.result()
         return self.apply_async(func, args, kwds).get()
 

@@ -4,7 +4,7 @@ Data flow (one pool)::
 
    caller threads                        supervisor thread                       worker processes
   ─────────────────                    ───────────────────────                  ──────────────────
-   Pool.map / imap / apply_async        one epoll poll() over:             worker 1 ─┐
+   Pool.map / imap / apply_async        one epoll poll() over:                   worker 1 ─┐
    Executor.submit                        · every worker socket (results, EOF)            │ socket pair,
         │                                 · the wakeup pipe                      worker 2 ─┤ framed messages
         ▼                                 · the fork server's control socket              │ (_channel)
@@ -24,7 +24,8 @@ Data flow (one pool)::
 - Only the supervisor reads sockets, starts and replaces workers, and enforces ``task_timeout`` (it reads each
   worker's status page). One exception, for the latency of a blocking ``apply``: an idle worker is lent to the
   calling thread (``run_lent``), which sends the call and reads the answer itself, then hands the worker back;
-  whoever reads a worker's socket holds its ``reading`` lock. A lost worker's chunks are re-run: the item it was running fails with
+  whoever reads a worker's socket holds its ``reading`` lock.
+- A lost worker's chunks are re-run: the item it was running fails with
   ``WorkerLostError``/``TaskTimeoutError`` (or is retried), and the rest of the chunk runs again. When the item is
   unknown (no ``task_timeout``, so no per-item tracking), the chunk is re-run one item at a time to find it.
 - The supervisor holds the scheduler, never the Pool: a Pool that is dropped unclosed is garbage-collected,
