@@ -627,7 +627,7 @@ class Scheduler(SchedulerBase):
                 values, errors = [None], {0: err}
             job.deliver(chunk, values, errors)
 
-    def _unpack_in_place(self, w: Worker, body: bytearray, fd: int) -> Any:
+    def _unpack_in_place(self, w: Worker, body: bytearray | memoryview, fd: int) -> Any:
         """Results rebuilt on the worker's segment itself; the segment goes back once nothing uses it."""
         sid = _shm.segment_id(body)
         mapping = None

@@ -250,6 +250,7 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
             (first, data), mapping, views = _shm.unpack(body[fn_len:], reader.fds.popleft())
         else:
             first, data = loads(body[fn_len:])
+            reader.recycle(frame.body)  # unpickling copied everything out of it
         tracker = _Tracker(page, frame.chunk_id) if track else None
         if frame.kind == ch.CALL:
             args, kwargs = data[0]
