@@ -175,20 +175,19 @@ class Pool:
     ) -> R:
         """Run ``func(*args, **kwds)`` in a worker and return its result."""
         self._check_running()
+        call: Call[R] = Call(
+            self._scheduler,
+            opt.function(func),
+            args,
+            dict(kwds or {}),
+            task_timeout=self._defaults["task_timeout"],
+            retries=self._defaults["retries"],
+        )
         run_lent = getattr(self._scheduler, "run_lent", None)
-        if run_lent is not None:
-            call: Call[R] = Call(
-                self._scheduler,
-                opt.function(func),
-                args,
-                dict(kwds or {}),
-                task_timeout=self._defaults["task_timeout"],
-                retries=self._defaults["retries"],
-            )
-            # An idle worker, lent to this thread: no hand-off to the supervisor. Ctrl-C stops the pool.
-            if _interruptible(self._scheduler, lambda: run_lent(call)):
-                return call.result()
-        return self.apply_async(func, args, kwds).get()
+        # An idle worker, lent to this thread: no hand-off to the supervisor. Ctrl-C stops the pool.
+        if run_lent is None or not _interruptible(self._scheduler, lambda: run_lent(call)):
+            self._scheduler.submit(call)
+        return call.result()
 
     def apply_async(
         self,

@@ -1,7 +1,7 @@
 """The result objects that calls return; each is also the scheduler Job that produces it.
 
 - ``ApplyResult``: one call (``apply``/``apply_async``), the ``multiprocessing.pool.AsyncResult`` contract.
-- ``Call``: a synchronous ``apply`` whose result the calling thread reads itself.
+- ``Call``: a blocking ``apply``, whose result the calling thread reads itself when a worker is idle.
 - ``MapResult``: ``map``/``starmap`` and their ``_async`` forms over a sized input, sliced into chunks lazily.
 - ``IMapIterator``: ``imap``/``imap_unordered``; reads its input lazily in the consumer's thread and keeps a
   bounded window of items in flight, so memory stays flat on endless generators.
@@ -134,7 +134,8 @@ class ApplyResult(AsyncResult[T]):
 
 
 class Call(Job, Generic[T]):
-    """``Pool.apply`` run on a worker lent to the calling thread (``Scheduler.run_lent``).
+    """A blocking ``Pool.apply``: run on a worker lent to the calling thread (``Scheduler.run_lent``) when one
+    is idle, submitted as usual otherwise.
 
     An ``ApplyResult`` without what only an asynchronous result needs (an event, callbacks): its one reader is
     the thread that made it, and that leanness is part of what makes ``apply``'s round trip short (W5).
@@ -155,7 +156,7 @@ class Call(Job, Generic[T]):
         self._value: Any = None
         self._error: BaseException | None = None
         # Locks as cheap one-shot flags: the first outcome wins (delivery and terminate may race), and the
-        # caller waits on ``_done`` only when its result did not come back on the lent worker.
+        # caller waits on ``_done`` only when its result did not come back on a lent worker.
         self._settled = threading.Lock()
         self._done = threading.Lock()
         self._done.acquire()
@@ -178,7 +179,7 @@ class Call(Job, Generic[T]):
 
     def result(self) -> T:
         if not self._done.acquire(blocking=False):
-            _interruptible(self.scheduler, self._done.acquire)  # e.g. re-run elsewhere after a worker died
+            _interruptible(self.scheduler, self._done.acquire)  # submitted, or re-run after a worker died
         if self._error is not None:
             raise self._error
         return self._value  # type: ignore[no-any-return]

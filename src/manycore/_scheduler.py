@@ -170,21 +170,6 @@ class Worker:
 
 _live: weakref.WeakSet[Scheduler] = weakref.WeakSet()
 
-# Result segments in use by the user's objects: a weak reference to each mapping, whose callback returns the
-# segment to its worker (see Scheduler._unpack_in_place). Keyed by a counter, so the callback removes its own.
-_segment_watch: dict[int, weakref.ref[mmap.mmap]] = {}
-_watch_keys = itertools.count()
-
-
-def _segment_dropped(
-    freed: deque[tuple[ch.ParentChannel, int]], channel: ch.ParentChannel, sid: int, key: int
-) -> Callable[[weakref.ref[mmap.mmap]], None]:
-    def dropped(_: weakref.ref[mmap.mmap]) -> None:
-        _segment_watch.pop(key, None)
-        freed.append((channel, sid))
-
-    return dropped
-
 
 @atexit.register
 def _terminate_all() -> None:
@@ -639,10 +624,9 @@ class Scheduler(SchedulerBase):
                 w.channel.send(ch.SEGMENT_FREE, sid, 0, 0)  # nothing kept (e.g. bytes, which copy): reuse now
             elif mapping is not None:
                 # The mapping lives as long as the arrays on it; when it goes, the worker may reuse the segment.
-                # The callback may run in any thread, even inside a lock of ours (a garbage collection): it only
-                # appends, and the next send or poll passes the news on.
-                key = next(_watch_keys)
-                _segment_watch[key] = weakref.ref(mapping, _segment_dropped(self._freed, w.channel, sid, key))
+                # The finalizer may run in any thread, even inside a lock of ours (a garbage collection): it
+                # only appends, and the next send or poll passes the news on.
+                weakref.finalize(mapping, self._freed.append, (w.channel, sid)).atexit = False
         return values
 
     def _send_freed(self) -> None:
