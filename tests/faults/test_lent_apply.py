@@ -8,7 +8,6 @@ usable afterwards, and no process left behind.
 from __future__ import annotations
 
 import threading
-import time
 from functools import partial
 from pathlib import Path
 
@@ -71,11 +70,10 @@ def test_terminate_from_another_thread_ends_a_lent_apply(no_orphans: set[int]) -
     pool.apply(tasks.square, (1,))
     timer = threading.Timer(0.5, pool.terminate)
     timer.start()
-    started = time.monotonic()
     try:
+        # The call sleeps far longer than the test's timeout: returning at all means terminate ended it.
         with pytest.raises((PoolClosedError, WorkerLostError)):
-            pool.apply(tasks.faulty, (3,), {"kind": "timeout", "bad": 3})  # sleeps far longer than the test
-        assert time.monotonic() - started < 20
+            pool.apply(tasks.faulty, (3,), {"kind": "timeout", "bad": 3})
     finally:
         timer.cancel()
         pool.terminate()
