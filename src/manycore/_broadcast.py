@@ -67,7 +67,7 @@ class Broadcast(Generic[T]):
             self.packed = _shm.pack_in_place(payload, shared[0], shared[1])
         else:
             self.segment = _shm.Segment(_shm.layout_size(collector.buffers)) if collector.buffers else None
-            self.packed = _shm.pack(payload, collector.buffers, self.segment)
+            self.packed = _shm.pack([payload], collector.buffers, self.segment)
         self.nbytes = len(self.packed) + (self.segment.size if self.segment else 0)
         self._obj: object = obj  # keeps a shared_array's segment open while the handle lives
         BROADCASTS[self.bid] = obj  # unpickled in the parent (e.g. in a result), it is the original

@@ -43,7 +43,7 @@ class Chunk:
         self.first = first  # index of items[0] in the job's input
         self.items = items
         self.origin = first if origin is None else origin  # ``first`` of the chunk this one was split from
-        self.payload: bytes | None = None  # pickled (first, items), large buffers left out of band
+        self.payload: list[bytes] | None = None  # pickled (first, items) in frames, large buffers out of band
         self.buffers: list[pickle.PickleBuffer] = []  # those buffers
         self.segment: _shm.Segment | None = None  # the shared memory they occupy while in flight
         self.broadcasts: set[int] = set()  # ids of the broadcast handles in the items

@@ -54,7 +54,7 @@ from . import _shm
 from ._broadcast import Broadcast, collect
 from ._jobs import Chunk, Job, SchedulerBase, State
 from ._launch import Launcher, make_launcher
-from ._serialize import dumps, dumps_function, find_unpicklable, loads, unpack_exception
+from ._serialize import dumps_frames, dumps_function, find_unpicklable, loads, unpack_exception
 from ._worker import FUNCTION_CACHE, INPUT_KEPT, OUT_OF_BAND, PARTIAL, STATUS, STATUS_SIZE, TRACK_ITEMS
 from .errors import InitializerError, PoolClosedError, SerializationError, TaskTimeoutError, WorkerLostError
 
@@ -297,23 +297,24 @@ class Scheduler(SchedulerBase):
                 collector = _shm.Collector(self.zero_copy_threshold)
                 try:
                     with collect() as chunk.broadcasts:
-                        chunk.payload = dumps((chunk.first, chunk.items), collector)
+                        chunk.payload = dumps_frames((chunk.first, chunk.items), collector)
                         threshold = self.zero_copy_threshold
                         if (
                             threshold is not None
-                            and len(chunk.payload) >= threshold
                             and len(chunk.items) <= _shm.SCAN_ITEMS
+                            and sum(map(len, chunk.payload)) >= threshold
                             and _shm.has_large(chunk.items, threshold)
                         ):
                             collector.buffers.clear()  # large bytes went in band: send them out of band
                             wrapped = _shm.wrap_large((chunk.first, chunk.items), threshold)
-                            chunk.payload = dumps(wrapped, collector)
+                            chunk.payload = dumps_frames(wrapped, collector)
                 except Exception:
+                    chunk.payload = None
                     self._unpicklable(w, chunk)
                     continue
                 chunk.buffers = collector.buffers
                 job.chunker.observe_bytes(
-                    len(chunk.items), len(chunk.payload) + _shm.layout_size(chunk.buffers)
+                    len(chunk.items), sum(map(len, chunk.payload)) + _shm.layout_size(chunk.buffers)
                 )
             wanted = job.broadcasts | chunk.broadcasts
             foreign = wanted - self._broadcasts.keys()
@@ -338,7 +339,7 @@ class Scheduler(SchedulerBase):
                     job.kind, chunk.cid, job.fn_key, flags | OUT_OF_BAND, fn, data, fds=(chunk.segment.fd,)
                 )
             else:
-                backlog |= w.channel.send(job.kind, chunk.cid, job.fn_key, flags, fn, chunk.payload)
+                backlog |= w.channel.send(job.kind, chunk.cid, job.fn_key, flags, fn, *chunk.payload)
         if backlog:
             self._watch_writes = True  # the supervisor must ask select() for writability
             if threading.current_thread() is not self._thread:

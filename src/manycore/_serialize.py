@@ -17,12 +17,39 @@ import cloudpickle
 from ._wire import PROTOCOL, loads
 from .errors import RemoteTraceback, SerializationError
 
-__all__ = ["dumps", "dumps_function", "find_unpicklable", "loads", "unpack_exception"]
+__all__ = ["dumps", "dumps_frames", "dumps_function", "find_unpicklable", "loads", "unpack_exception"]
 
 
 def dumps(obj: object, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None = None) -> bytes:
     data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=buffer_callback)
     return data
+
+
+class _Frames(list[bytes]):
+    """The pickler's ``file``: keeps the pickle as the list of frames the pickler writes (about 64 KiB each).
+
+    ``dumps`` joins those frames into one fresh block per payload, and on a stream of 1 MiB chunks (W7) the
+    parent spent a fifth of its time faulting such blocks in. Frames are small enough for malloc to reuse their
+    memory, and a socket sends a list of buffers as one message, so they need never be joined.
+    """
+
+    def write(self, data: bytes | bytearray | pickle.PickleBuffer) -> int:
+        if type(data) is not bytes:
+            # A large bytearray or in-band PickleBuffer arrives as the object itself. Copy its raw memory, as
+            # the pickler would: the payload must not change if the caller reuses that buffer while the chunk
+            # may still be sent again.
+            data = bytes(data.raw() if isinstance(data, pickle.PickleBuffer) else data)
+        self.append(data)
+        return len(data)
+
+
+def dumps_frames(
+    obj: object, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None = None
+) -> list[bytes]:
+    """Like ``dumps``, but returns the pickle in parts whose concatenation is the pickle."""
+    frames = _Frames()
+    cloudpickle.Pickler(frames, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+    return frames
 
 
 def _describe(exc: BaseException) -> str:

@@ -77,8 +77,8 @@ class Segment:
             pass  # views still exported: the mapping goes when they do
 
 
-def pack(payload: bytes, buffers: list[pickle.PickleBuffer], segment: Segment | None) -> bytes:
-    """Copy ``buffers`` into ``segment`` and return the out-of-band header + table + payload."""
+def pack(payload: list[bytes], buffers: list[pickle.PickleBuffer], segment: Segment | None) -> bytes:
+    """Copy ``buffers`` into ``segment`` and return the out-of-band header + table + payload (its parts joined)."""
     spans: list[bytes] = []
     offset = 0
     for buf in buffers:
@@ -90,7 +90,7 @@ def pack(payload: bytes, buffers: list[pickle.PickleBuffer], segment: Segment | 
         spans.append(SPAN.pack(offset, n))
         offset = _round(offset + n)
     size, sid = (segment.size, segment.sid) if segment is not None and buffers else (0, 0)
-    return b"".join([OOB.pack(size, len(buffers), sid), *spans, payload])
+    return b"".join([OOB.pack(size, len(buffers), sid), *spans, *payload])
 
 
 def layout_size(buffers: list[pickle.PickleBuffer]) -> int:

@@ -156,7 +156,7 @@ def _pack_results(
             if not collector.buffers:
                 return 0, payload, None
             segment = _RESULT_SEGMENTS.acquire(_shm.layout_size(collector.buffers))
-            return OUT_OF_BAND, _shm.pack(payload, collector.buffers, segment), segment
+            return OUT_OF_BAND, _shm.pack([payload], collector.buffers, segment), segment
     status, blob = _pack_values(values, errors, first)
     return status, blob, None
 
