@@ -42,6 +42,8 @@ CHILD_BOOTSTRAP = "import sys, workloads; workloads.child_main(sys.argv[1:])"
 ALL_LIBS = [
     "manycore",
     "manycore-shm",
+    "manycore-shm-fork",
+    "manycore-shm-spawn",
     "serial",
     "mp",
     "mp-fork",
@@ -52,10 +54,23 @@ ALL_LIBS = [
     "mpire",
     "pebble",
 ]
-NOT_PEERS = {"manycore", "manycore-shm", "serial"}  # excluded from "best peer"
+NOT_PEERS = {
+    "manycore",
+    "manycore-shm",
+    "manycore-shm-fork",
+    "manycore-shm-spawn",
+    "serial",
+}  # excluded from "best peer"
 # Variants that only mean something in one workload. manycore-shm: W8 with the array made by
-# manycore.shared_array, so that broadcasting it copies nothing.
-ONLY_IN = {"ppe1": {"W1"}, "mp-fork": {"W6"}, "manycore-shm": {"W8"}}
+# manycore.shared_array, so that broadcasting it copies nothing; -fork and -spawn: the same with those start
+# methods (the plain one uses manycore's default).
+ONLY_IN = {
+    "ppe1": {"W1"},
+    "mp-fork": {"W6"},
+    "manycore-shm": {"W8"},
+    "manycore-shm-fork": {"W8"},
+    "manycore-shm-spawn": {"W8"},
+}
 DISTRIBUTIONS = {
     "manycore": "manycore",
     "joblib": "joblib",
@@ -103,6 +118,7 @@ class Figure:
 FIGURES = [
     Figure("W1", "items_per_s", "W1 items/s", True, fmt_rate),
     Figure("W2", "speedup", "W2 speed-up over serial", True, fmt_fixed2),
+    Figure("W2", "paired_speedup", "W2 speed-up over serial, paired", True, fmt_fixed2),
     Figure("W3", "makespan_ratio", "W3 makespan / ideal", False, fmt_fixed2),
     Figure("W4", "gb_per_s", "W4 GB/s of input", True),
     Figure("W4b", "gb_per_s", "W4b GB/s of output", True),
@@ -714,7 +730,9 @@ STANDING_NOTES = {
     "": "ppe = ProcessPoolExecutor with chunksize len/(4*workers) in W1, 1000 in W7, 1 elsewhere (items of "
     "5 ms or more); ppe1 = its default chunksize of 1, run in W1 only. loky and pebble get the same "
     "chunksizes; mp, mpire, joblib and manycore use their own automatic chunking (mp imap: 1000).",
-    "W2": "W2's speed-up divides the median serial wall time of this run by each run's wall time.",
+    "W2": "W2's speed-up divides the median serial wall time of this run by each run's wall time. The paired "
+    "speed-up divides the same work timed serially in the same process (half right before, half right after "
+    "the parallel run) by that run's wall time, so that drift of the machine's speed over minutes cancels.",
     "W6": "W6 includes the shutdown; for joblib that is an explicit shutdown of the executor it reuses.",
     "W7": "W7: ppe, loky and pebble submit the whole input before yielding (2 GiB held); that is their API.",
     "W8": "W8 footprint = PSS of the child and its descendants + memfd and /dev/shm files they hold open "

@@ -214,16 +214,20 @@ class MultiprocessingRunner(Runner):
 class ManycoreRunner(MultiprocessingRunner):
     """manycore.Pool, the drop-in: map/imap/starmap are called WITHOUT chunksize so its "auto" is measured."""
 
-    def __init__(self) -> None:
+    def __init__(self, start_method: str | None = None) -> None:
         super().__init__()
         self._handle: Any = None
+        self._manycore_start_method = start_method  # None: manycore's default
 
     def _make_pool(self, workers: int, initializer: Initializer, initargs: tuple[Any, ...]) -> Any:
         import manycore
 
+        method = self._manycore_start_method
         if initializer is None:
-            return manycore.Pool(processes=workers)
-        return manycore.Pool(processes=workers, initializer=initializer, initargs=initargs)
+            return manycore.Pool(processes=workers, start_method=method)
+        return manycore.Pool(
+            processes=workers, initializer=initializer, initargs=initargs, start_method=method
+        )
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any], chunksize: int) -> list[Any]:
         return list(self._pool.map(fn, items))
@@ -265,7 +269,10 @@ class ManycoreSharedRunner(ManycoreRunner):
         import manycore
 
         array: FloatArray = manycore.shared_array(n, dtype=np.float64)
-        step = 1 << 20  # filled in slices: a full-size temporary would double the peak the footprint sees
+        # Filled in slices: a full-size temporary would double the peak the footprint sees. Small ones, too:
+        # malloc keeps the last freed temporary resident in the heap, and 8 MiB ones added 8 MiB to the
+        # footprint (measured), which is the harness's memory, not the library's.
+        step = 1 << 15
         for start in range(0, n, step):
             array[start : start + step] = np.arange(start, min(n, start + step), dtype=np.float64)
         return array
@@ -456,6 +463,8 @@ class PebbleRunner(Runner):
 RUNNERS: dict[str, Callable[[], Runner]] = {
     "manycore": ManycoreRunner,
     "manycore-shm": ManycoreSharedRunner,
+    "manycore-shm-fork": lambda: ManycoreSharedRunner("fork"),
+    "manycore-shm-spawn": lambda: ManycoreSharedRunner("spawn"),
     "serial": SerialRunner,
     "mp": MultiprocessingRunner,
     "mp-fork": lambda: MultiprocessingRunner("fork"),
@@ -509,14 +518,26 @@ def w1_tiny_items(runner: Runner, params: Params) -> Figures:
 
 
 def w2_cpu_bound(runner: Runner, params: Params) -> Figures:
-    # The orchestrator turns wall_s into a speed-up over the serial runs of the same session.
+    # The orchestrator turns wall_s into a speed-up over the serial runs of the same session. Those run
+    # minutes apart from this one, and on a shared VM the speed of a core drifts by 20% or more over minutes,
+    # so this process also times the same work serially, half right before and half right after the parallel
+    # run: a paired speed-up that such drift cancels out of.
     items = [params.spin_iterations] * 200
+    half = len(items) // 2
     with warm_pool(runner, params.workers):
+        started = time.perf_counter()
+        for n in items[:half]:
+            spin(n)
+        serial = time.perf_counter() - started
         started = time.perf_counter()
         results = runner.map(spin, items, 1)
         wall = time.perf_counter() - started
+        started = time.perf_counter()
+        for n in items[half:]:
+            spin(n)
+        serial += time.perf_counter() - started
     _check(results == [spin(params.spin_iterations)] * len(items), "W2 spin totals")
-    return {"wall_s": wall}
+    return {"wall_s": wall, "paired_speedup": serial / wall}
 
 
 def w3_imbalanced(runner: Runner, params: Params) -> Figures:
@@ -649,6 +670,8 @@ LIBRARY_STDLIB = {"serial", "mp", "mp-fork", "ppe", "ppe1"}
 LIBRARY_MODULES: dict[str, str] = {
     "manycore": "manycore",
     "manycore-shm": "manycore",
+    "manycore-shm-fork": "manycore",
+    "manycore-shm-spawn": "manycore",
     "joblib": "joblib",
     "loky": "loky",
     "mpire": "mpire",

@@ -68,3 +68,16 @@ def memfds() -> int:
         except OSError:
             pass
     return len(segments)
+
+
+def blas_pool_threads(_: object = None) -> list[int]:
+    """The thread counts of the BLAS pools numpy loaded in this worker, as threadpoolctl reads them."""
+    from threadpoolctl import threadpool_info
+
+    return sorted({info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"})
+
+
+def numpy_imported(_: object = None) -> bool:
+    import sys
+
+    return "numpy" in sys.modules

@@ -18,6 +18,7 @@ from manycore.errors import SerializationError
 from shm_tasks import (
     big_sum,
     blas_env,
+    blas_pool_threads,
     describe,
     identity,
     is_readonly,
@@ -25,6 +26,7 @@ from shm_tasks import (
     make_16mib,
     make_array,
     memfds,
+    numpy_imported,
     slice_sum,
     sum_with,
     worker_pid,
@@ -217,6 +219,22 @@ def test_blas_threads_default_and_explicit(no_leftover_processes: None) -> None:
         assert set(pool.map(blas_env, range(4), chunksize=1)) == {"3"}
     with pytest.raises(ValueError, match="blas_threads"):
         manycore.Pool(2, blas_threads=0)
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "fork", "spawn"])
+def test_blas_pools_really_hold_the_limit_with_every_start_method(
+    start_method: str, no_leftover_processes: None
+) -> None:
+    """Not just the variable: the BLAS library numpy loaded in the worker runs that many threads, also where
+    the worker preloaded numpy at start-up (forkserver, spawn), before any task ran."""
+    pytest.importorskip("threadpoolctl")
+    with manycore.Pool(2, blas_threads=1, start_method=start_method) as pool:
+        if start_method != "fork":
+            assert pool.map(numpy_imported, range(2), chunksize=1) == [
+                True,
+                True,
+            ]  # preloaded: the parent has it
+        assert pool.map(blas_pool_threads, range(4), chunksize=1) == [[1]] * 4
 
 
 def test_zero_copy_threshold_validation() -> None:

@@ -308,8 +308,14 @@ def run_in_child(sock_fd: int, status_fd: int) -> None:
             os._exit(code)
 
 
-def spawn_main(sock_fd: int, status_fd: int, sys_path: list[str]) -> None:
+def spawn_main(sock_fd: int, status_fd: int, sys_path: list[str], preload: list[str] | None = None) -> None:
     """Entry point of a worker started as a fresh interpreter (start_method="spawn")."""
     sys.path[:] = sys_path
     set_parent_death_signal()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle, from the first moment
+    for name in preload or ():
+        try:  # noqa: SIM105 (no contextlib: workers import as little as they can)
+            __import__(name)
+        except Exception:
+            pass
     run_in_child(sock_fd, status_fd)
