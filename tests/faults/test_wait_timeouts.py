@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
-import time
 from functools import partial
 
 import pytest
@@ -19,12 +18,10 @@ from .common import make_executor, make_pool
 def test_async_result_get_timeout_then_result_arrives(no_orphans: set[int]) -> None:
     with make_pool() as pool:
         r = pool.apply_async(tasks.sleep_return, (0.6, "late"))
-        start = time.monotonic()
         with pytest.raises(multiprocessing.TimeoutError) as info:
             r.get(timeout=0.1)
-        assert time.monotonic() - start < 0.8
         assert not isinstance(info.value, TaskTimeoutError), "a wait timeout is not a task timeout"
-        assert not r.ready()
+        assert not r.ready()  # get() gave up before the result came: it did not wait for it
         r.wait(0.05)
         assert not r.ready()
         assert r.get(timeout=10) == "late"
@@ -71,11 +68,10 @@ def test_imap_next_timeout_then_result_arrives(no_orphans: set[int]) -> None:
 def test_executor_map_timeout(no_orphans: set[int]) -> None:
     """Executor.map(timeout=...) counts from the call and raises concurrent.futures.TimeoutError."""
     with make_executor() as ex:
-        start = time.monotonic()
-        results = ex.map(tasks.sleep_return, [0.6, 0.0], timeout=0.2)
+        # The first result comes after 2 s: a map that ignored its timeout would return it, not raise.
+        results = ex.map(tasks.sleep_return, [2.0, 0.0], timeout=0.2)
         with pytest.raises(concurrent.futures.TimeoutError):
             next(results)
-        assert time.monotonic() - start < 1.5
 
 
 @pytest.mark.timeout(60)
@@ -85,10 +81,8 @@ def test_task_timeout_apply_and_submit_others_continue(no_orphans: set[int]) -> 
         stuck = pool.apply_async(tasks.block_in_c, (1000,))
         quick = [pool.apply_async(tasks.square, (x,)) for x in range(20)]
         assert [q.get(30) for q in quick] == [x * x for x in range(20)]
-        start = time.monotonic()
-        with pytest.raises(TaskTimeoutError) as info:
+        with pytest.raises(TaskTimeoutError) as info:  # the call blocks for 1000 s: only the timeout ends it
             stuck.get(30)
-        assert time.monotonic() - start < 5
         assert info.value.timeout == tasks.TIMEOUT
     with make_executor(task_timeout=tasks.TIMEOUT) as ex:
         stuck_f = ex.submit(tasks.block_in_c, 1000)
