@@ -68,7 +68,7 @@ class ParentChannel:
         return self.sock.fileno()
 
     def send(
-        self, kind: int, chunk_id: int, a: int, b: int, *parts: bytes | memoryview, fds: tuple[int, ...] = ()
+        self, kind: int, chunk_id: int, a: int, b: int, *parts: bytes, fds: tuple[int, ...] = ()
     ) -> bool:
         """Send a frame without blocking; True when part of it waits in the backlog for ``flush``.
 
