@@ -119,6 +119,7 @@ FIGURES = [
     Figure("W1", "items_per_s", "W1 items/s", True, fmt_rate),
     Figure("W2", "speedup", "W2 speed-up over serial", True, fmt_fixed2),
     Figure("W2", "paired_speedup", "W2 speed-up over serial, paired", True, fmt_fixed2),
+    Figure("W2", "cpu_time_speedup", "W2 speed-up, items of 10 ms CPU time", True, fmt_fixed2),
     Figure("W3", "makespan_ratio", "W3 makespan / ideal", False, fmt_fixed2),
     Figure("W4", "gb_per_s", "W4 GB/s of input", True),
     Figure("W4b", "gb_per_s", "W4b GB/s of output", True),
@@ -732,7 +733,9 @@ STANDING_NOTES = {
     "chunksizes; mp, mpire, joblib and manycore use their own automatic chunking (mp imap: 1000).",
     "W2": "W2's speed-up divides the median serial wall time of this run by each run's wall time. The paired "
     "speed-up divides the same work timed serially in the same process (half right before, half right after "
-    "the parallel run) by that run's wall time, so that drift of the machine's speed over minutes cancels.",
+    "the parallel run) by that run's wall time, so that drift of the machine's speed over minutes cancels. "
+    "The CPU-time variant runs 200 items that each burn exactly 10 ms of thread CPU time: 2.0 s of work "
+    "divided by the wall time, immune to the core's clock speed.",
     "W6": "W6 includes the shutdown; for joblib that is an explicit shutdown of the executor it reuses.",
     "W7": "W7: ppe, loky and pebble submit the whole input before yielding (2 GiB held); that is their API.",
     "W8": "W8 footprint = PSS of the child and its descendants + memfd and /dev/shm files they hold open "

@@ -1,8 +1,8 @@
 """Choosing how many items go into one chunk, from measured costs (``chunksize="auto"``).
 
-Each chunk costs a fixed overhead (a message each way, about 0.1 ms) and its items' run time. Too small a chunk
-and the overhead dominates (a million tiny items); too large and the last chunks leave cores idle (a few slow
-items at the end of the input). So:
+Each chunk costs a fixed overhead (a message each way, pickling, a wake-up of the supervisor: about 0.25 ms of
+parent CPU, measured on W2) and its items' run time. Too small a chunk and the overhead dominates (a million
+tiny items); too large and the last chunks leave cores idle (a few slow items at the end of the input). So:
 
 - before anything is measured, every chunk holds one item: a probe. Slow items are never over-committed, and
   neither are big results (a chunk of ten 16 MiB results needs a 160 MiB segment of fresh memory); after
@@ -20,7 +20,11 @@ from __future__ import annotations
 
 import math
 
-TARGET_SECONDS = 0.010
+# When every core runs a worker, the parent's per-chunk work is taken from them. On W2's variant with items of
+# exactly 10 ms of CPU time (benchmarks/run.py), 10 ms chunks gave a speed-up of 1.91 on 2 cores, 50 ms and
+# 100 ms ones 1.96 (multiprocessing with its static chunks of 25 items: 1.99). The tail split below keeps
+# larger targets from costing idle cores at the end.
+TARGET_SECONDS = 0.050
 # The tail split never goes below this much work per chunk: finer than that, messages cost more than idle cores.
 MIN_TAIL_SECONDS = 0.002
 MAX_CHUNK_BYTES = 1 << 20

@@ -57,7 +57,7 @@ class Engine:
     slots = 1  # tasks that can run at once
     supports_timeout = False
     # Seconds of work per automatic chunk. A Dask or Ray task costs milliseconds to schedule, so chunks
-    # there carry ten times the work of a local one; threads cost almost nothing per chunk.
+    # there carry twice the work of a local one; threads cost almost nothing per chunk.
     chunk_seconds = 0.1
 
     def start(self) -> None:
