@@ -33,11 +33,14 @@ MAX_CHUNK_BYTES = 1 << 20
 class Chunker:
     """Decides chunk sizes for one job; ``fixed`` is the user's explicit ``chunksize``."""
 
-    __slots__ = ("_items", "_last", "_seconds", "_size_in", "_size_out", "fixed", "target", "workers")
+    __slots__ = ("_items", "_last", "_seconds", "_size_in", "_size_out", "fixed", "tail", "target", "workers")
 
-    def __init__(self, fixed: int | None, workers: int, target: float = TARGET_SECONDS) -> None:
+    def __init__(
+        self, fixed: int | None, workers: int, target: float = TARGET_SECONDS, tail: float = MIN_TAIL_SECONDS
+    ) -> None:
         self.fixed = fixed
         self.target = target  # seconds of work per chunk: more where each chunk costs more to schedule
+        self.tail = tail  # the tail split's floor, in seconds of work: more, too, where chunks cost more
         self.workers = max(1, workers)
         self._seconds = 0.0  # decayed sums of measured compute time and of items: their ratio is the cost
         self._items = 0.0
@@ -57,7 +60,7 @@ class Chunker:
         if per_item:
             size = min(size, max(1, int(MAX_CHUNK_BYTES / per_item)))
         if remaining is not None:
-            floor = int(MIN_TAIL_SECONDS * self._items / max(self._seconds, 1e-9))
+            floor = int(self.tail * self._items / max(self._seconds, 1e-9))
             size = min(size, max(1, floor, math.ceil(remaining / (2 * self.workers))))
         # Grow gradually: one early measurement (often of a 1-item probe) must not commit 100,000 items at
         # once, which an imap would read ahead of its consumer.

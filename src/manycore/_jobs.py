@@ -21,7 +21,7 @@ from typing import Any
 from . import _channel as ch
 from . import _shm
 from ._broadcast import Broadcast, collect
-from ._chunking import TARGET_SECONDS, Chunker
+from ._chunking import MIN_TAIL_SECONDS, TARGET_SECONDS, Chunker
 from ._serialize import dumps_function
 from .errors import PoolClosedError
 
@@ -99,7 +99,9 @@ class Job:
         self.scheduler = scheduler
         self.fn = fn  # engines other than manycore's processes take the function itself
         self.fn_key, self.fn_blob, self.broadcasts = scheduler.functions.get(fn)
-        self.chunker = Chunker(chunksize, scheduler.processes, scheduler.chunk_seconds)
+        self.chunker = Chunker(
+            chunksize, scheduler.processes, scheduler.chunk_seconds, scheduler.tail_seconds
+        )
         self.task_timeout = task_timeout
         self.retries = retries
         self.queued: deque[Chunk] = deque()
@@ -171,6 +173,7 @@ class SchedulerBase:
     # The rest of the interface the API layer uses.
     start_method = ""
     chunk_seconds = TARGET_SECONDS  # work per automatic chunk
+    tail_seconds = MIN_TAIL_SECONDS  # the least work per chunk when the tail is split
 
     def terminate(self) -> None:
         raise NotImplementedError
