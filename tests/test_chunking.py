@@ -60,13 +60,24 @@ def test_slow_items_get_one_per_chunk() -> None:
 
 def test_tail_is_split_across_workers() -> None:
     c = Chunker(None, workers=2)
-    c.observe_time(100, 100 * 0.005)  # 5 ms items: the time budget alone allows 2 per chunk
+    c.observe_time(100, 100 * 0.005)  # 5 ms items: the time budget alone allows 10 per chunk
     assert c.next_size(4) == 1
     c = Chunker(None, workers=2)
     c.observe_time(1000, 1000 * 1e-6)
     assert settle(c, 1_000_000) == int(TARGET_SECONDS / 1e-6)
     assert c.next_size(4000) == 2000  # floor: 2 ms of work, more than a quarter of 4,000 items
     assert settle(c, 40_000) == 10_000  # a quarter of what is left
+
+
+def test_a_costlier_engine_splits_its_tail_less_finely() -> None:
+    """Dask and Ray pass a tail floor of a quarter of their 0.25 s target: a call costs milliseconds there."""
+    local = Chunker(None, workers=2)
+    engine = Chunker(None, workers=2, target=0.25, tail=0.0625)
+    for c in (local, engine):
+        c.observe_time(100, 100 * 0.010)  # 10 ms items
+        settle(c, 1000)
+    assert local.next_size(8) == 2  # a quarter of 8: the local tail goes down to one item per chunk
+    assert engine.next_size(8) == 6  # the floor: 62.5 ms of work, 6 items
 
 
 def test_large_items_cap_the_chunk_bytes() -> None:
