@@ -23,6 +23,18 @@ def test_one_item_probes_before_any_measurement() -> None:
     assert [c.next_size(None) for _ in range(5)] == [2, 4, 8, 16, 32]
 
 
+def test_a_sized_input_goes_straight_to_the_target_after_the_probes() -> None:
+    """No 2, 4, 8, ... ramp when the input is in memory: each step would cost a call (milliseconds on Ray)."""
+    c = Chunker(None, workers=2)
+    assert c.next_size(1_000_000) == 1
+    c.observe_time(1000, 1000 * 1e-6)  # 1 µs per item
+    assert c.next_size(1_000_000) == int(TARGET_SECONDS / 1e-6)
+    lazy = Chunker(None, workers=2)
+    assert lazy.next_size(None) == 1
+    lazy.observe_time(1000, 1000 * 1e-6)
+    assert lazy.next_size(None) == 2  # a lazy input still at most doubles
+
+
 def test_big_results_cap_the_chunk_size() -> None:
     c = Chunker(None, workers=2)
     c.observe_time(4, 4e-6)

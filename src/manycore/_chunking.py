@@ -6,7 +6,7 @@ tiny items); too large and the last chunks leave cores idle (a few slow items at
 
 - before anything is measured, every chunk holds one item: a probe. Slow items are never over-committed, and
   neither are big results (a chunk of ten 16 MiB results needs a 160 MiB segment of fresh memory); after
-  that, sizes at most double from one chunk to the next;
+  that, on a lazy input (imap over a generator), sizes at most double from one chunk to the next;
 - once chunks come back, the size targets ``TARGET_SECONDS`` of work per chunk from the average item cost
   reported by the workers (compute time only, so a busy parent does not distort it);
 - when the number of items left is known, no chunk takes more than a ``1 / (2 * workers)`` share of them
@@ -62,9 +62,13 @@ class Chunker:
         if remaining is not None:
             floor = int(self.tail * self._items / max(self._seconds, 1e-9))
             size = min(size, max(1, floor, math.ceil(remaining / (2 * self.workers))))
-        # Grow gradually: one early measurement (often of a 1-item probe) must not commit 100,000 items at
-        # once, which an imap would read ahead of its consumer.
-        size = max(1, min(size, 2 * self._last))
+        else:
+            # A lazy input grows its chunks gradually: one early measurement (often of a 1-item probe) must not
+            # commit 100,000 items at once, which an imap would read ahead of its consumer. A sized input is
+            # in memory already, and the tail split above bounds what one chunk can leave unbalanced, so it
+            # goes straight to the target: a ramp of 2, 4, 8, ... costs a call each, milliseconds on Dask or Ray.
+            size = min(size, 2 * self._last)
+        size = max(1, size)
         self._last = size
         return size
 
