@@ -22,24 +22,17 @@ TAG = "@@broadcast-size@@ "
 
 
 def child(size_mib: int, method: str) -> None:
-    import numpy as np
-
     import manycore
     from footprint import footprint_bytes, process_tree, shm_files
 
-    from workloads import sum_slice
+    from workloads import ManycoreSharedRunner, slice_bounds, sum_slice
 
     shm_before = shm_files().keys()
     n = size_mib * MIB // 8
-    array = manycore.shared_array(n, dtype=np.float64)
-    step = 1 << 15  # small slices: a big temporary would stay in the heap and count as ours
-    for start in range(0, n, step):
-        array[start : start + step] = np.arange(start, min(n, start + step), dtype=np.float64)
+    array = ManycoreSharedRunner().make_array(n)  # W8's own fill, in small slices
     with manycore.Pool(2, start_method=method) as pool:
         handle = pool.broadcast(array)
-        size = n // 100
-        bounds = [(k * size, (k + 1) * size if k < 99 else n) for k in range(100)]
-        total = sum(pool.starmap(sum_slice, [(handle, a, b) for a, b in bounds]))
+        total = sum(pool.starmap(sum_slice, [(handle, a, b) for a, b in slice_bounds(n)]))
         footprint = footprint_bytes(process_tree(os.getpid()), shm_before)
     if total != float(array.sum()):
         raise AssertionError("wrong slice sums")

@@ -47,37 +47,38 @@ def calibrate() -> int:
     return max(1000, int(n * 0.010 / (time.perf_counter() - start)))
 
 
-def timed(fn: Callable[[], Any], repeats: int) -> list[float]:
-    walls = []
-    for _ in range(repeats):
+MapFn = Callable[[Callable[[Any], Any], list[Any]], Any]
+
+
+def measure(
+    out: dict[str, dict[str, list[float]]],
+    library: str,
+    map_fn: MapFn,
+    inputs: dict[str, tuple[Callable[[Any], Any], list[Any]]],
+    settle: Callable[[], None] | None = None,
+) -> None:
+    """Time ``map_fn(fn, items)`` once per workload and add the walls to ``out[library]``; ``settle`` runs
+    before each clock starts (Dask: wait until the scheduler is idle)."""
+    for workload, (fn, items) in inputs.items():
+        if settle is not None:
+            settle()
         start = time.perf_counter()
-        fn()
-        walls.append(time.perf_counter() - start)
-    return walls
+        map_fn(fn, items)
+        out.setdefault(library, {}).setdefault(workload, []).append(time.perf_counter() - start)
 
 
-def timed_after(
-    settle: Callable[[Callable[[], Any]], Callable[[], Any]], fn: Callable[[], Any]
-) -> list[float]:
-    """One timing of fn, with the clock started after ``settle`` has waited for the engine to go idle."""
-    walls: list[float] = []
-
-    def clocked() -> None:
-        start = time.perf_counter()
-        fn()
-        walls.append(time.perf_counter() - start)
-
-    settle(clocked)()
-    return walls
+def workload_inputs(iterations: int) -> dict[str, tuple[Callable[[Any], Any], list[Any]]]:
+    """Each workload's function and items: W1 tiny items, W2 busy loops of ~10 ms, and W2 again as items of
+    exactly 10 ms of CPU time."""
+    return {
+        "W1": (square, list(range(W1_ITEMS))),
+        "W2": (spin, [iterations] * W2_ITEMS),
+        "W2cpu": (cpu_burn, [0.010] * W2_ITEMS),
+    }
 
 
 def _scheduler_tasks(dask_scheduler: Any) -> int:
     return len(dask_scheduler.tasks)
-
-
-def add(out: dict[str, dict[str, list[float]]], library: str, figures: dict[str, list[float]]) -> None:
-    for workload, walls in figures.items():
-        out.setdefault(library, {}).setdefault(workload, []).extend(walls)
 
 
 def summary(values: list[float]) -> str:
@@ -99,45 +100,28 @@ def run_dask(repeats: int, iterations: int) -> dict[str, dict[str, list[float]]]
         distributed.Client(cluster) as client,
     ):
         client.gather(client.map(square, range(10)))
-        w1, w2, w2cpu = range(W1_ITEMS), [iterations] * W2_ITEMS, [0.010] * W2_ITEMS
+        inputs = workload_inputs(iterations)
 
-        def settled(fn: Callable[[], Any]) -> Callable[[], Any]:
-            """fn, run once the scheduler has forgotten every earlier task: releasing 20,000 W1 tasks keeps
-            it busy for seconds, which would slow whatever runs next on these 2 cores."""
-
-            def run() -> Any:
-                deadline = time.monotonic() + 60
-                while client.run_on_scheduler(_scheduler_tasks) and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                time.sleep(0.2)
-                return fn()
-
-            return run
+        def settle() -> None:
+            """Wait until the scheduler has forgotten every earlier task: releasing 20,000 W1 tasks keeps it
+            busy for seconds, which would slow whatever runs next on these 2 cores."""
+            deadline = time.monotonic() + 60
+            while client.run_on_scheduler(_scheduler_tasks) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(0.2)
 
         with manycore.Pool(backend="dask") as pool:
             pool.map(square, range(10))
             # Interleaved repeats: the machine's speed drifts over minutes, and both sides should see the same.
             for _ in range(repeats):
-                add(
+                measure(
                     out,
                     "client.map",
-                    {
-                        "W1": timed_after(settled, lambda: client.gather(client.map(square, w1, pure=False))),
-                        "W2": timed_after(settled, lambda: client.gather(client.map(spin, w2, pure=False))),
-                        "W2cpu": timed_after(
-                            settled, lambda: client.gather(client.map(cpu_burn, w2cpu, pure=False))
-                        ),
-                    },
+                    lambda f, xs: client.gather(client.map(f, xs, pure=False)),
+                    inputs,
+                    settle,
                 )
-                add(
-                    out,
-                    "manycore",
-                    {
-                        "W1": timed(lambda: pool.map(square, w1), 1),
-                        "W2": timed(lambda: pool.map(spin, w2), 1),
-                        "W2cpu": timed(lambda: pool.map(cpu_burn, w2cpu), 1),
-                    },
-                )
+                measure(out, "manycore", pool.map, inputs, settle)
     return out
 
 
@@ -161,32 +145,16 @@ def run_ray(repeats: int, iterations: int) -> dict[str, dict[str, list[float]]]:
     )
     out: dict[str, dict[str, list[float]]] = {}
     try:
-        w1, w2, w2cpu = list(range(W1_ITEMS)), [iterations] * W2_ITEMS, [0.010] * W2_ITEMS
+        inputs = workload_inputs(iterations)
         # Interleaved repeats, each on a freshly started (and warmed) pool: both pools cannot be open at once,
         # since each holds an actor per CPU, and the machine's speed drifts over minutes.
         for _ in range(repeats):
             with RayPool(processes=2) as ray_pool:
                 ray_pool.map(square, range(10))
-                add(
-                    out,
-                    "ray Pool.map",
-                    {
-                        "W1": timed(lambda: ray_pool.map(square, w1), 1),
-                        "W2": timed(lambda: ray_pool.map(spin, w2), 1),
-                        "W2cpu": timed(lambda: ray_pool.map(cpu_burn, w2cpu), 1),
-                    },
-                )
+                measure(out, "ray Pool.map", ray_pool.map, inputs)
             with manycore.Pool(backend="ray") as pool:
                 pool.map(square, range(10))
-                add(
-                    out,
-                    "manycore",
-                    {
-                        "W1": timed(lambda: pool.map(square, w1), 1),
-                        "W2": timed(lambda: pool.map(spin, w2), 1),
-                        "W2cpu": timed(lambda: pool.map(cpu_burn, w2cpu), 1),
-                    },
-                )
+                measure(out, "manycore", pool.map, inputs)
     finally:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -644,6 +644,12 @@ def w7_streaming(runner: Runner, params: Params) -> Figures:
     return {"rss_growth_mib": max(0, peak - rss_before) / MIB, "wall_s": wall}
 
 
+def slice_bounds(n: int, tasks: int = 100) -> list[tuple[int, int]]:
+    """W8's tasks: ``tasks`` consecutive slices covering ``range(n)``, the last one taking the remainder."""
+    step = n // tasks
+    return [(i * step, (i + 1) * step if i < tasks - 1 else n) for i in range(tasks)]
+
+
 def w8_broadcast(runner: Runner, params: Params) -> Figures:
     import numpy as np
 
@@ -653,8 +659,7 @@ def w8_broadcast(runner: Runner, params: Params) -> Figures:
     make = getattr(runner, "make_array", None)
     array = make(ARRAY_256MIB_ITEMS) if make else np.arange(ARRAY_256MIB_ITEMS, dtype=np.float64)
     expected = float(array.sum())
-    step = ARRAY_256MIB_ITEMS // 100
-    bounds = [(i * step, (i + 1) * step if i < 99 else ARRAY_256MIB_ITEMS) for i in range(100)]
+    bounds = slice_bounds(ARRAY_256MIB_ITEMS)
     try:
         runner.prepare_shared(params.workers)
         started = time.perf_counter()
