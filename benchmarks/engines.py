@@ -86,10 +86,13 @@ def summary(values: list[float]) -> str:
 
 
 def run_dask(repeats: int, iterations: int) -> dict[str, dict[str, list[float]]]:
+    import dask
     import distributed
 
     out: dict[str, dict[str, list[float]]] = {}
+    tmp = tempfile.mkdtemp(prefix="manycore-dask-bench-")  # Dask's scratch space, removed after
     with (
+        dask.config.set({"temporary-directory": tmp}),
         distributed.LocalCluster(
             n_workers=2,
             threads_per_worker=1,
@@ -122,6 +125,7 @@ def run_dask(repeats: int, iterations: int) -> dict[str, dict[str, list[float]]]
                     settle,
                 )
                 measure(out, "manycore", pool.map, inputs, settle)
+    shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -23,17 +23,26 @@ BACKENDS = ["process", "thread", "dask", "ray"]
 @pytest.fixture(scope="session")
 def dask_client() -> Iterator[Any]:
     distributed = pytest.importorskip("distributed")
-    with (
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        yield client
+    import dask
+
+    # Dask's scratch space (spill files, lock files) would otherwise stay behind in /tmp/dask-scratch-space:
+    # workers, nanny and scheduler all take it from this setting.
+    tmp = tempfile.mkdtemp(prefix="manycore-dask-")
+    try:
+        with (
+            dask.config.set({"temporary-directory": tmp}),
+            distributed.LocalCluster(
+                n_workers=2,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",
+            ) as cluster,
+            distributed.Client(cluster) as client,
+        ):
+            yield client
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
