@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import _socket as socket  # the C module: no enum classes to build at start-up
 import array
+import gc
 import os
 import select
 import struct
@@ -51,6 +52,10 @@ def main(ctrl_fd: int, sys_path: list[str], preload: list[str] | None = None) ->
             __import__(name)
         except Exception:
             pass
+    # Every object made so far moves to the collector's permanent generation: a collection in a worker would
+    # otherwise write to the header of each one, copying on write every page of the heap the workers share.
+    gc.collect()
+    gc.freeze()
 
     children: set[int] = set()
     try:
