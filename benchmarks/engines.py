@@ -4,7 +4,8 @@
 
 One local cluster per engine, 2 worker processes of 1 thread each (Dask: LocalCluster on loopback; Ray: a
 local runtime with 2 CPUs and no dashboard), warm before timing. Each figure is the median of the repeats,
-with min and max; ratios compare manycore with the engine's own map in the same run:
+with min and max; ratios compare manycore with the engine's own map in the same run. Every timing starts
+on an idle machine (no CPU busy with the engine's clean-up of the previous one):
 
 - Dask: ``client.gather(client.map(f, items))``, one task per item (Dask's documented map);
 - Ray: ``ray.util.multiprocessing.Pool.map`` (Ray's drop-in Pool, with its own default chunking).
@@ -77,6 +78,31 @@ def workload_inputs(iterations: int) -> dict[str, tuple[Callable[[Any], Any], li
     }
 
 
+def cpu_busy(interval: float = 0.2) -> float:
+    """The machine's CPU use over ``interval`` seconds, 0 to 1 (Linux: /proc/stat)."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            ticks = [int(field) for field in stat.readline().split()[1:]]
+        return sum(ticks), ticks[3] + ticks[4]  # all, idle + iowait
+
+    total, idle = sample()
+    time.sleep(interval)
+    total2, idle2 = sample()
+    return 1.0 - (idle2 - idle) / max(1, total2 - total)
+
+
+def wait_for_idle_cpu(limit: float = 0.1, timeout: float = 10.0) -> None:
+    """Wait until the engine's background work is over: closing a Ray pool kills its actors, and Ray then
+    starts spare worker processes, seconds of CPU that would land on whichever timing comes next."""
+    if not os.path.exists("/proc/stat"):
+        time.sleep(1.0)
+        return
+    deadline = time.monotonic() + timeout
+    while cpu_busy() > limit and time.monotonic() < deadline:
+        pass
+
+
 def _scheduler_tasks(dask_scheduler: Any) -> int:
     return len(dask_scheduler.tasks)
 
@@ -111,7 +137,7 @@ def run_dask(repeats: int, iterations: int) -> dict[str, dict[str, list[float]]]
             deadline = time.monotonic() + 60
             while client.run_on_scheduler(_scheduler_tasks) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            time.sleep(0.2)
+            wait_for_idle_cpu()
 
         with manycore.Pool(backend="dask") as pool:
             pool.map(square, range(10))
@@ -155,10 +181,10 @@ def run_ray(repeats: int, iterations: int) -> dict[str, dict[str, list[float]]]:
         for _ in range(repeats):
             with RayPool(processes=2) as ray_pool:
                 ray_pool.map(square, range(10))
-                measure(out, "ray Pool.map", ray_pool.map, inputs)
+                measure(out, "ray Pool.map", ray_pool.map, inputs, wait_for_idle_cpu)
             with manycore.Pool(backend="ray") as pool:
                 pool.map(square, range(10))
-                measure(out, "manycore", pool.map, inputs)
+                measure(out, "manycore", pool.map, inputs, wait_for_idle_cpu)
     finally:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -82,7 +82,7 @@ def test_tail_is_split_across_workers() -> None:
 
 
 def test_a_costlier_engine_splits_its_tail_less_finely() -> None:
-    """Dask and Ray pass a tail floor of a quarter of their 0.25 s target: a call costs milliseconds there."""
+    """An engine with a guided tail (the thread backend) passes a floor of a quarter of its target."""
     local = Chunker(None, workers=2)
     engine = Chunker(None, workers=2, target=0.25, tail=0.0625)
     for c in (local, engine):
@@ -107,3 +107,42 @@ def test_streaming_1_kib_items_keeps_chunks_near_1_mib(no_leftover_processes: No
         it = pool.imap(len, (bytes(1024) for _ in range(50_000)))
         assert sum(it) == 50_000 * 1024
         assert it.chunker.next_size(None) <= 2 * MAX_CHUNK_BYTES // 1024
+
+
+def drain(c: Chunker, remaining: int) -> list[int]:
+    """The sizes the chunker gives until ``remaining`` items are all in chunks."""
+    sizes = []
+    while remaining:
+        size = min(remaining, c.next_size(remaining))
+        sizes.append(size)
+        remaining -= size
+    return sizes
+
+
+def test_rounds_split_a_sized_input_into_equal_chunks_per_worker() -> None:
+    """Dask and Ray: as many chunks of the same size for each worker, so uniform items end together."""
+    c = Chunker(None, workers=2, target=0.25, rounds=True)
+    c.observe_time(1, 0.010)  # 10 ms items: 25 per chunk
+    sizes = drain(c, 196)
+    # 4 rounds of 2, not a guided tail of ever smaller chunks
+    assert sizes == [25, 25, 25, 25, 24, 24, 24, 24]
+    guided = Chunker(None, workers=2, target=0.25, tail=0.0625)
+    guided.observe_time(1, 0.010)
+    assert len(drain(guided, 196)) > len(sizes)
+
+
+def test_rounds_of_tiny_items_are_one_chunk_per_worker() -> None:
+    c = Chunker(None, workers=2, target=0.5, rounds=True)
+    c.observe_time(1000, 1000 * 2e-6)
+    assert drain(c, 19_998) == [9999, 9999]
+
+
+def test_rounds_are_replanned_only_between_rounds() -> None:
+    """A measured cost that moves the target by more than half changes the plan, at the next round."""
+    c = Chunker(None, workers=2, target=0.25, rounds=True)
+    c.observe_time(1, 0.010)
+    assert c.next_size(400) == 25  # 16 chunks of 25 planned
+    for _ in range(4):
+        c.observe_time(25, 25 * 0.001)  # items turn out ten times cheaper
+    assert c.next_size(375) == 25  # the round's second chunk keeps its size
+    assert c.next_size(350) > 100  # a new round: a new plan from the new cost

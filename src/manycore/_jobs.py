@@ -100,7 +100,11 @@ class Job:
         self.fn = fn  # engines other than manycore's processes take the function itself
         self.fn_key, self.fn_blob, self.broadcasts = scheduler.functions.get(fn)
         self.chunker = Chunker(
-            chunksize, scheduler.processes, scheduler.chunk_seconds, scheduler.tail_seconds
+            chunksize,
+            scheduler.processes,
+            scheduler.chunk_seconds,
+            scheduler.tail_seconds,
+            rounds=scheduler.chunk_rounds,
         )
         self.task_timeout = task_timeout
         self.retries = retries
@@ -112,6 +116,10 @@ class Job:
     # Called under the scheduler lock.
     def take_locked(self) -> Chunk | None:
         return self.queued.popleft() if self.queued else None
+
+    def probing_locked(self) -> bool:
+        """Whether this job's next chunk is a probe: its items' cost is not measured yet."""
+        return False
 
     def start_locked(self, chunk: Chunk) -> bool:
         """The chunk is about to be sent; False drops it (e.g. its future was cancelled)."""
@@ -174,6 +182,7 @@ class SchedulerBase:
     start_method = ""
     chunk_seconds = TARGET_SECONDS  # work per automatic chunk
     tail_seconds = MIN_TAIL_SECONDS  # the least work per chunk when the tail is split
+    chunk_rounds = False  # sized inputs in equal rounds of chunks rather than a guided tail (see _chunking)
 
     def terminate(self) -> None:
         raise NotImplementedError

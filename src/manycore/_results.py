@@ -208,6 +208,9 @@ class MapResult(AsyncResult[list[T]]):
         if not items:
             self._finish([], None)
 
+    def probing_locked(self) -> bool:
+        return self.chunker.probing
+
     def take_locked(self) -> Chunk | None:
         n = len(self._items)
         if self._cursor >= n:
@@ -278,6 +281,9 @@ class IMapIterator(Job, Iterator[T]):
     def start(self) -> None:
         """Fill the first window, so work begins before the first ``next()``; called once submitted."""
         self._pull()
+
+    def probing_locked(self) -> bool:
+        return self.chunker.probing
 
     # ---- the consumer side -----------------------------------------------------------------------------
 

@@ -62,6 +62,7 @@ class Thread(Engine):
 
     name = "thread"
     chunk_seconds = 0.01
+    chunk_rounds = False  # a chunk costs microseconds here: the guided tail's extra chunks are free
 
     def __init__(
         self,
@@ -181,7 +182,7 @@ class Ray(Engine):
 
     Chunks run on long-lived Ray actors, one per CPU of the cluster when the pool starts, each reserving its
     CPU (``num_cpus=1``) until the pool closes: a second pool open at the same time, or other Ray work, waits
-    for the CPUs this one holds. A chunk goes to the actor with the fewest calls outstanding, among those
+    for the CPUs this one holds. A chunk goes to the actor with the fewest items outstanding, among those
     already running: an actor still waiting for a CPU gets chunks only while none is running.
 
     ``initializer(*initargs)`` (given here, or as ``Pool(initializer=..., backend="ray")``) runs once in
@@ -254,15 +255,17 @@ class Ray(Engine):
         with self._lock:
             if self._closed:
                 raise RuntimeError("the Ray engine is closed")
-            # An actor runs its calls one after the other: the least loaded one starts this chunk soonest.
+            # An actor runs its calls one after the other: the one with the fewest items outstanding starts
+            # this chunk soonest. Items, not calls: an actor running a 1-item probe is nearly free, and one
+            # given a whole round's chunk is not (by calls, both would get the next chunk).
             running = [entry for entry in self._actors if entry.ready] or self._actors
             entry = min(running, key=_load)
-            entry.load += 1
+            entry.load += len(items)
         try:
             ref = entry.handle.run.remote(job.fn, job.kind, chunk.first, items, resolve)
         except BaseException:
             with self._lock:
-                entry.load -= 1
+                entry.load -= len(items)
             raise
         call = _RayCall(chunk, done, entry)
         ref.future().add_done_callback(lambda future: self._finished.put((call, future)))
@@ -276,7 +279,7 @@ class Ray(Engine):
             with self._lock:
                 if self._closed:
                     continue
-                call.actor.load -= 1
+                call.actor.load -= len(call.chunk.items)
                 if lost and call.actor in self._actors:
                     replaced = call.actor
                     self._actors[self._actors.index(replaced)] = self._new_actor()
@@ -326,7 +329,7 @@ class Ray(Engine):
 
 
 class _RayActor:
-    """One of a Ray pool's actors: its handle, its calls outstanding, whether it has started."""
+    """One of a Ray pool's actors: its handle, its items outstanding, whether it has started."""
 
     __slots__ = ("handle", "load", "ready")
 
