@@ -91,8 +91,8 @@ class EngineScheduler(SchedulerBase):
         super().__init__(engine.slots)
         self.start_method = engine.name
         self.chunk_seconds = engine.chunk_seconds
-        # A call costs milliseconds of the driver's and the engine's CPU here: a tail split into 2 ms chunks
-        # would cost more than the idle cores it saves.
+        # An engine without rounds (threads) splits its tail no finer than a quarter of its chunks: a chunk
+        # costs more to schedule on any engine than on manycore's own workers.
         self.tail_seconds = engine.chunk_seconds / 4
         self.chunk_rounds = engine.chunk_rounds
         self._engine = engine
