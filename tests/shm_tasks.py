@@ -77,6 +77,14 @@ def blas_pool_threads(_: object = None) -> list[int]:
     return sorted({info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"})
 
 
+def os_threads_around_a_matmul(_: object = None) -> tuple[int, bool, int]:
+    """This worker's OS threads, whether a matrix product big enough for BLAS is right, and the threads after."""
+    before = len(os.listdir("/proc/self/task"))
+    a = np.arange(300 * 300, dtype=np.float64).reshape(300, 300) / 1e4
+    right = bool(np.allclose(a @ np.eye(300), a))
+    return before, right, len(os.listdir("/proc/self/task"))
+
+
 def numpy_imported(_: object = None) -> bool:
     import sys
 

@@ -27,6 +27,7 @@ from shm_tasks import (
     make_array,
     memfds,
     numpy_imported,
+    os_threads_around_a_matmul,
     slice_sum,
     sum_with,
     worker_pid,
@@ -235,6 +236,21 @@ def test_blas_pools_really_hold_the_limit_with_every_start_method(
                 True,
             ]  # preloaded: the parent has it
         assert pool.map(blas_pool_threads, range(4), chunksize=1) == [[1]] * 4
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "fork", "spawn"])
+def test_a_worker_limited_to_one_blas_thread_runs_no_idle_blas_threads(
+    start_method: str, no_leftover_processes: None
+) -> None:
+    """OpenBLAS restarts its whole thread pool when its thread count is set in a forked child, and those
+    threads spin for ~0.1 s, taking the worker's core: a worker limited to one BLAS thread must have none."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not any(info["internal_api"] == "openblas" for info in threadpoolctl.threadpool_info()):
+        pytest.skip("numpy here does not use OpenBLAS")
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("needs Linux /proc to count threads")
+    with manycore.Pool(2, blas_threads=1, start_method=start_method) as pool:
+        assert pool.map(os_threads_around_a_matmul, range(4), chunksize=1) == [(1, True, 1)] * 4
 
 
 def test_zero_copy_threshold_validation() -> None:
