@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Callable
 
@@ -186,6 +187,25 @@ def test_ray_pool_holds_one_cpu_per_actor_until_closed(ray_runtime: None) -> Non
         time.sleep(1.0)
         assert ray.available_resources().get("CPU", 0) == 0  # ...while idle too, unlike a finished task
     assert cpus_free_within(total)  # closing killed them
+
+
+def test_a_ray_pool_short_of_cpus_finishes_on_the_actors_it_has(ray_runtime: None) -> None:
+    """An actor that waits for a CPU (here: held by other Ray work) gets no chunks: they would wait with it."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    class Holder:
+        def ping(self) -> int:
+            return os.getpid()
+
+    holder = Holder.remote()  # type: ignore[attr-defined]
+    try:
+        ray.get(holder.ping.remote(), timeout=60)  # it runs: one of the 2 CPUs is taken
+        with manycore.Pool(backend="ray") as pool:  # asks for 2 actors, gets 1
+            assert pool.map(square, range(20)) == [x * x for x in range(20)]
+            assert len(set(pool.map(pid, range(10), chunksize=1))) == 1
+    finally:
+        ray.kill(holder)
 
 
 def test_a_ray_object_takes_the_initializer_itself() -> None:

@@ -183,7 +183,8 @@ class Ray(Engine):
     Chunks run on long-lived Ray actors, one per CPU of the cluster when the pool starts, each reserving its
     CPU (``num_cpus=1``) until the pool closes: a second pool open at the same time, or other Ray work, waits
     for the CPUs this one holds. A chunk goes to the actor with the fewest items outstanding, among those
-    already running: an actor still waiting for a CPU gets chunks only while none is running.
+    already running; an actor still waiting for a CPU gets none (chunks wait for the first actor to come up),
+    so a pool that gets fewer CPUs than it asked for still finishes its work on those it has.
 
     ``initializer(*initargs)`` (given here, or as ``Pool(initializer=..., backend="ray")``) runs once in
     each actor, as in a local worker process; if it raises, the tasks sent to that actor fail with
@@ -210,12 +211,14 @@ class Ray(Engine):
         self._lock = threading.Lock()
         self._actors: list[_RayActor] = []
         self._closed = False
-        # Finished calls, handled on a thread of ours: Ray runs future callbacks on its I/O thread, where
-        # ray.kill (replacing a dead actor, closing the pool) blocks forever, and where the scheduler's work
-        # would hold up every other reply.
-        self._finished: queue.SimpleQueue[tuple[_RayCall, concurrent.futures.Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
+        # Finished calls and actors that came up (or failed to), handled on a thread of ours: Ray runs future
+        # callbacks on its I/O thread, where ray.kill (replacing a dead actor, closing the pool) blocks
+        # forever, and where the scheduler's work would hold up every other reply.
+        self._finished: queue.SimpleQueue[
+            tuple[_RayCall | _RayActor, concurrent.futures.Future[Any]] | None
+        ] = queue.SimpleQueue()
+        # Chunks that came while no actor was running yet, sent when the first one is up.
+        self._held: list[tuple[Chunk, Callable[[Chunk, Any, BaseException | None], None]]] = []
 
     def start(self) -> None:
         import ray
@@ -241,9 +244,8 @@ class Ray(Engine):
 
     def _new_actor(self) -> _RayActor:
         entry = _RayActor(self._actor_class.remote(self._initializer, self._initargs))
-        # A plain attribute write, safe from Ray's I/O thread.
         entry.handle.__ray_ready__.remote().future().add_done_callback(
-            lambda future: setattr(entry, "ready", future.exception() is None)
+            lambda future: self._finished.put((entry, future))
         )
         return entry
 
@@ -255,10 +257,19 @@ class Ray(Engine):
         with self._lock:
             if self._closed:
                 raise RuntimeError("the Ray engine is closed")
+            # Only actors that run get chunks: one that waits for a CPU may wait forever (a CPU that other
+            # work holds, a cluster that shrank), and a chunk queued on it would never come back. Until
+            # the first actor is up, chunks wait here; if none comes up, they go to the actors anyway and
+            # fail there as lost workers, which is reported per item.
+            running = [entry for entry in self._actors if entry.ready]
+            if not running:
+                if not all(entry.started for entry in self._actors):
+                    self._held.append((chunk, done))
+                    return
+                running = self._actors
             # An actor runs its calls one after the other: the one with the fewest items outstanding starts
             # this chunk soonest. Items, not calls: an actor running a 1-item probe is nearly free, and one
             # given a whole round's chunk is not (by calls, both would get the next chunk).
-            running = [entry for entry in self._actors if entry.ready] or self._actors
             entry = min(running, key=_load)
             entry.load += len(items)
         try:
@@ -272,7 +283,11 @@ class Ray(Engine):
 
     def _dispatch(self) -> None:
         while (finished := self._finished.get()) is not None:
-            call, future = finished
+            subject, future = finished
+            if isinstance(subject, _RayActor):
+                self._actor_started(subject, future)
+                continue
+            call = subject
             error = future.exception()
             lost = error is not None and self.is_worker_lost(error)
             replaced: _RayActor | None = None
@@ -294,6 +309,20 @@ class Ray(Engine):
                 # Reported, not fatal: this thread hands over every other result of the pool.
                 print("manycore: handling a Ray result failed:", file=sys.stderr)
                 traceback.print_exc()
+
+    def _actor_started(self, entry: _RayActor, future: concurrent.futures.Future[Any]) -> None:
+        """An actor came up (or failed to): send the chunks held while none was running."""
+        with self._lock:
+            entry.started = True
+            entry.ready = future.exception() is None
+            if self._closed or not (entry.ready or all(actor.started for actor in self._actors)):
+                return
+            held, self._held = self._held, []
+        for chunk, done in held:
+            try:
+                self.run(chunk, done)
+            except Exception as exc:  # closed meanwhile, or arguments Ray cannot serialize
+                done(chunk, None, exc)
 
     def is_worker_lost(self, exc: BaseException) -> bool:
         import ray.exceptions
@@ -329,14 +358,15 @@ class Ray(Engine):
 
 
 class _RayActor:
-    """One of a Ray pool's actors: its handle, its items outstanding, whether it has started."""
+    """One of a Ray pool's actors: its handle, its items outstanding, whether it has come up (or failed to)."""
 
-    __slots__ = ("handle", "load", "ready")
+    __slots__ = ("handle", "load", "ready", "started")
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
         self.load = 0
-        self.ready = False
+        self.ready = False  # running: it takes chunks
+        self.started = False  # Ray has said whether it came up
 
 
 def _load(entry: _RayActor) -> int:
