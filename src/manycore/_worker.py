@@ -179,11 +179,11 @@ def _stop_openblas_threads(libraries: list[dict[str, Any]]) -> None:
     """Stop the thread pool that setting OpenBLAS's thread count starts again in a forked worker.
 
     OpenBLAS stops its threads before a fork (its atfork handler) and restarts all of them, lazily, on the
-    next call that needs them, and setting the thread count is one (since 0.3.2x). In a worker forked from a
-    parent with numpy loaded, the limit above thus started a thread that spins for about 0.1 s before it
-    sleeps, taking that time from the worker's own core: the first tasks after a fork ran at half speed (W8
-    with fork: 58 ms, 30 ms without). With one thread, OpenBLAS runs every call in the caller's thread and
-    does not start the pool again, so it can be stopped, as before a fork.
+    next call that needs them, and setting the thread count is one (seen with OpenBLAS 0.3.31, numpy 2.4's).
+    In a worker forked from a parent with numpy loaded, the limit above thus started a thread that spins for
+    about 0.1 s before it sleeps, taking that time from the worker's own core: the first tasks after a fork
+    ran at half speed (W8 with fork: 58 ms, 30 ms without). With one thread, OpenBLAS runs every call in the
+    caller's thread and does not start the pool again, so it can be stopped, as before a fork.
     """
     import ctypes
 
