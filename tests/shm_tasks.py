@@ -77,12 +77,18 @@ def blas_pool_threads(_: object = None) -> list[int]:
     return sorted({info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"})
 
 
+def busy_threads() -> int:
+    """This process's OS threads that the kernel runs at normal priority (not SCHED_IDLE)."""
+    return sum(1 for tid in os.listdir("/proc/self/task") if os.sched_getscheduler(int(tid)) != os.SCHED_IDLE)
+
+
 def os_threads_around_a_matmul(_: object = None) -> tuple[int, bool, int]:
-    """This worker's OS threads, whether a matrix product big enough for BLAS is right, and the threads after."""
-    before = len(os.listdir("/proc/self/task"))
+    """This worker's busy OS threads, whether a matrix product big enough for BLAS is right, and the busy
+    threads after."""
+    before = busy_threads()
     a = np.arange(300 * 300, dtype=np.float64).reshape(300, 300) / 1e4
     right = bool(np.allclose(a @ np.eye(300), a))
-    return before, right, len(os.listdir("/proc/self/task"))
+    return before, right, busy_threads()
 
 
 def numpy_imported(_: object = None) -> bool:

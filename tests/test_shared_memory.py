@@ -243,7 +243,8 @@ def test_a_worker_limited_to_one_blas_thread_runs_no_idle_blas_threads(
     start_method: str, no_leftover_processes: None
 ) -> None:
     """OpenBLAS restarts its whole thread pool when its thread count is set in a forked child, and those
-    threads spin for ~0.1 s, taking the worker's core: a worker limited to one BLAS thread must have none."""
+    threads spin for ~0.1 s, taking the worker's core: a worker limited to one BLAS thread must have none
+    that competes with it (stopped, or left at idle priority where OpenBLAS does not export its shutdown)."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     if not any(info["internal_api"] == "openblas" for info in threadpoolctl.threadpool_info()):
         pytest.skip("numpy here does not use OpenBLAS")

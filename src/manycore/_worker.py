@@ -170,20 +170,29 @@ def _limit_loaded_blas(env: dict[str, str]) -> None:
         from threadpoolctl import threadpool_info, threadpool_limits
     except ImportError:
         return
+    before = _thread_ids()
     threadpool_limits(int(limit))
     if int(limit) == 1:
-        _stop_openblas_threads(threadpool_info())
+        _quiet_restarted_blas_threads(threadpool_info(), _thread_ids() - before)
 
 
-def _stop_openblas_threads(libraries: list[dict[str, Any]]) -> None:
-    """Stop the thread pool that setting OpenBLAS's thread count starts again in a forked worker.
+def _thread_ids() -> set[int]:
+    try:
+        return {int(tid) for tid in os.listdir("/proc/self/task")}
+    except OSError:  # not Linux
+        return set()
 
-    OpenBLAS stops its threads before a fork (its atfork handler) and restarts all of them, lazily, on the
-    next call that needs them, and setting the thread count is one (seen with OpenBLAS 0.3.31, numpy 2.4's).
-    In a worker forked from a parent with numpy loaded, the limit above thus started a thread that spins for
-    about 0.1 s before it sleeps, taking that time from the worker's own core: the first tasks after a fork
-    ran at half speed (W8 with fork: 58 ms, 30 ms without). With one thread, OpenBLAS runs every call in the
-    caller's thread and does not start the pool again, so it can be stopped, as before a fork.
+
+def _quiet_restarted_blas_threads(libraries: list[dict[str, Any]], new_threads: set[int]) -> None:
+    """Quiet the thread pool that setting OpenBLAS's thread count starts again in a forked worker.
+
+    OpenBLAS stops its threads before a fork (its atfork handler) and restarts all of them on the next call
+    that needs them, and setting the thread count is one (seen with OpenBLAS 0.3.29 to 0.3.34). In a worker
+    forked from a parent with numpy loaded, the limit above thus started threads that spin for about 0.1 s
+    before they sleep, on the worker's own core: the first tasks after a fork ran at half speed (W8 with
+    fork: 58 ms, 30 ms without). With one thread, OpenBLAS runs every call in the caller's thread and never
+    uses the pool: it is stopped again where OpenBLAS exports its pre-fork shutdown, and otherwise its threads
+    are left to run only on a core nothing else wants (SCHED_IDLE).
     """
     import ctypes
 
@@ -193,9 +202,14 @@ def _stop_openblas_threads(libraries: list[dict[str, Any]]) -> None:
         try:
             dynlib = ctypes.CDLL(library["filepath"], mode=os.RTLD_NOLOAD)
             shutdown = dynlib.blas_thread_shutdown_
-        except (OSError, AttributeError, KeyError):  # not loaded, or a build without the symbol
+        except (OSError, AttributeError, KeyError):  # not loaded, or a build that does not export it
             continue
         shutdown()
+    for tid in new_threads & _thread_ids():
+        try:  # noqa: SIM105 (no contextlib: workers import as little as they can)
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        except (OSError, AttributeError):  # gone meanwhile, or not Linux
+            pass
 
 
 def _rss() -> int:
