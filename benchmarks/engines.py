@@ -117,41 +117,44 @@ def run_dask(repeats: int, iterations: int) -> dict[str, dict[str, list[float]]]
 
     out: dict[str, dict[str, list[float]]] = {}
     tmp = tempfile.mkdtemp(prefix="manycore-dask-bench-")  # Dask's scratch space, removed after
-    with (
-        dask.config.set({"temporary-directory": tmp}),
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        client.gather(client.map(square, range(10)))
-        inputs = workload_inputs(iterations)
+    try:
+        with (
+            dask.config.set({"temporary-directory": tmp}),
+            distributed.LocalCluster(
+                n_workers=2,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",
+            ) as cluster,
+            distributed.Client(cluster) as client,
+        ):
+            client.gather(client.map(square, range(10)))
+            inputs = workload_inputs(iterations)
 
-        def settle() -> None:
-            """Wait until the scheduler has forgotten every earlier task: releasing 20,000 W1 tasks keeps it
-            busy for seconds, which would slow whatever runs next on these 2 cores."""
-            deadline = time.monotonic() + 60
-            while client.run_on_scheduler(_scheduler_tasks) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            wait_for_idle_cpu()
+            def settle() -> None:
+                """Wait until the scheduler has forgotten every earlier task: releasing 20,000 W1 tasks keeps
+                it busy for seconds, which would slow whatever runs next on these 2 cores."""
+                deadline = time.monotonic() + 60
+                while client.run_on_scheduler(_scheduler_tasks) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                wait_for_idle_cpu()
 
-        with manycore.Pool(backend="dask") as pool:
-            pool.map(square, range(10))
-            # Interleaved repeats: the machine's speed drifts over minutes, and both sides should see the same.
-            for _ in range(repeats):
-                measure(
-                    out,
-                    "client.map",
-                    lambda f, xs: client.gather(client.map(f, xs, pure=False)),
-                    inputs,
-                    settle,
-                )
-                measure(out, "manycore", pool.map, inputs, settle)
-    shutil.rmtree(tmp, ignore_errors=True)
+            with manycore.Pool(backend="dask") as pool:
+                pool.map(square, range(10))
+                # Interleaved repeats: the machine's speed drifts over minutes, and both sides should see the
+                # same.
+                for _ in range(repeats):
+                    measure(
+                        out,
+                        "client.map",
+                        lambda f, xs: client.gather(client.map(f, xs, pure=False)),
+                        inputs,
+                        settle,
+                    )
+                    measure(out, "manycore", pool.map, inputs, settle)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -167,13 +167,14 @@ def _limit_loaded_blas(env: dict[str, str]) -> None:
     if limit is None or "numpy" not in sys.modules:
         return
     try:
-        from threadpoolctl import threadpool_info, threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:
         return
+    controller = ThreadpoolController()  # one scan of the loaded libraries, for the limit and the check
     before = _thread_ids()
-    threadpool_limits(int(limit))
+    controller.limit(limits=int(limit))
     if int(limit) == 1:
-        _quiet_restarted_blas_threads(threadpool_info(), _thread_ids() - before)
+        _quiet_restarted_blas_threads(controller.info(), _thread_ids() - before)
 
 
 def _thread_ids() -> set[int]:
