@@ -333,10 +333,19 @@ class Scheduler(SchedulerBase):
             fn = job.fn_blob if with_fn else b""
             flags = len(fn) << 2 | (TRACK_ITEMS if job.task_timeout is not None else 0)
             if chunk.buffers:
-                chunk.segment = self._segments.acquire(_shm.layout_size(chunk.buffers))
-                data = _shm.pack(chunk.payload, chunk.buffers, chunk.segment)
+                segment = self._segments.acquire(_shm.layout_size(chunk.buffers))
+                data = _shm.pack(chunk.payload, chunk.buffers, segment)
+                with self._lock:
+                    # The worker may have died since the assignment, and the recovery code requeued its chunks:
+                    # it releases the segments it sees on them, so one attached after that would leak.
+                    assigned = w.inflight.get(chunk.cid) is chunk
+                    if assigned:
+                        chunk.segment = segment
+                if not assigned:
+                    self._segments.release(segment, reusable=True)
+                    continue
                 backlog |= w.channel.send(
-                    job.kind, chunk.cid, job.fn_key, flags | OUT_OF_BAND, fn, data, fds=(chunk.segment.fd,)
+                    job.kind, chunk.cid, job.fn_key, flags | OUT_OF_BAND, fn, data, fds=(segment.fd,)
                 )
             else:
                 backlog |= w.channel.send(job.kind, chunk.cid, job.fn_key, flags, fn, *chunk.payload)
@@ -838,6 +847,12 @@ class Scheduler(SchedulerBase):
         # Closing the launcher stops the fork server, which first kills and reaps any worker still there.
         self._launcher.close()
         self._segments.close()
+        with self._lock:  # chunks still out when the pool stopped (terminate) hold input segments
+            for w in workers:
+                for chunk in w.inflight.values():
+                    if chunk.segment is not None:
+                        self._segments.release(chunk.segment, reusable=False)
+                        chunk.segment = None
         for handle in list(self._broadcasts.values()):
             handle.release()
         for w in workers + lost:

@@ -67,6 +67,16 @@ class Segment:
             os.close(self.fd)
             raise
 
+    def __del__(self) -> None:
+        # A safety net, like an unclosed file's: the mapping goes with the object, but the fd would stay open
+        # for the life of the process, and the kernel frees a memfd only once no fd refers to it.
+        if getattr(self, "fd", -1) >= 0:
+            import warnings
+
+            warnings.warn(f"unclosed shared-memory segment of {self.size} bytes", ResourceWarning, 2)
+            os.close(self.fd)
+            self.fd = -1
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
@@ -334,6 +344,9 @@ class SegmentPool:
         # results, which live in their segment for as long as the user keeps them.
         self._exact = exact
         self._free: list[Segment] = []
+        # Once closed, a segment released late (a chunk that comes back, or whose worker died, after the pool
+        # shut down) is closed at once: pooled, it would stay mapped for as long as the Pool object lives.
+        self._closed = False
         if threads:
             import threading  # the parent's pool is shared by threads; a worker's is not
 
@@ -354,10 +367,10 @@ class SegmentPool:
         return Segment(max(size, 1 << 20) if size < (64 << 20) else size)
 
     def release(self, segment: Segment, reusable: bool) -> None:
-        if not reusable:
-            segment.close()
-            return
         with self._lock:
+            if not reusable or self._closed:
+                segment.close()
+                return
             self._free.append(segment)
             total = sum(s.size for s in self._free)
             while total > MAX_POOLED_BYTES and self._free:
@@ -367,6 +380,7 @@ class SegmentPool:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             for segment in self._free:
                 segment.close()
             self._free.clear()

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 import psutil
 
@@ -31,6 +32,31 @@ def block(x: int, marker_dir: str) -> int:
 
 def block_star(x: int, y: int, marker_dir: str) -> int:
     return block(x, marker_dir) + y
+
+
+def block_with(x: int, arr: Any, shared: Any, marker_dir: str) -> int:
+    """block, while a large input array and a broadcast array are mapped in this worker."""
+    assert arr.size and shared.size
+    return block(x, marker_dir)
+
+
+def big_result(x: int) -> Any:
+    """A 4 MiB array, which comes back in a shared-memory segment the worker lends to the parent."""
+    import numpy as np
+
+    return np.full(1 << 19, float(x))
+
+
+def shm_pool(start_method: str, marker_dir: str) -> tuple[manycore.Pool, list[Any], list[Any]]:
+    """A pool with every kind of segment in use: a broadcast, results held by the parent, and (in the
+    returned starmap items) large inputs of two tasks that block."""
+    import numpy as np
+
+    pool = manycore.Pool(2, start_method=start_method)
+    shared = pool.broadcast(np.ones(4 << 20))  # 32 MiB
+    held = pool.map(big_result, range(4))
+    items = [(x, np.full(1 << 19, float(x)), shared, marker_dir) for x in (0, 1)]
+    return pool, held, items
 
 
 def report(**fields: object) -> None:
@@ -51,6 +77,12 @@ def live_children() -> list[int]:
 def run_blocking(entry: str, start_method: str, marker_dir: str) -> None:
     """Runs two blocking items through `entry` and waits for them (forever, unless interrupted)."""
     items = [0, 1]
+    if entry == "shm":
+        pool, _held, shm_items = shm_pool(start_method, marker_dir)
+        with pool:
+            report(waiting=True)
+            pool.starmap(block_with, shm_items, chunksize=1)
+        return
     if entry in ("submit", "executor_map"):
         with manycore.Executor(max_workers=2, start_method=start_method) as ex:
             if entry == "submit":
@@ -111,6 +143,9 @@ def main() -> None:
         if entry == "executor":
             ex = manycore.Executor(max_workers=2, start_method=start_method)
             keep += [ex, [ex.submit(block, x, marker_dir) for x in (0, 1)]]
+        elif entry == "shm":
+            pool, held, shm_items = shm_pool(start_method, marker_dir)
+            keep += [pool, held, pool.starmap_async(block_with, shm_items, chunksize=1)]
         elif entry == "idle":
             pool = manycore.Pool(2, start_method=start_method)
             pool.map(abs, [-1, -2, -3, -4], chunksize=1)  # every worker has started

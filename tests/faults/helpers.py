@@ -70,3 +70,51 @@ def wait_for_files(paths: Iterable[str], timeout: float) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+def manycore_segments(pids: Iterable[int] | None = None) -> dict[int, set[int]]:
+    """pid -> inodes of manycore's shared-memory segments that the process has open or mapped.
+
+    Segments are memfds named "manycore..." (the data segments and each worker's status page). The kernel frees
+    a memfd once no process has it open or mapped, so "no segment outlives its use" means: once their users are
+    gone, no process anywhere holds these inodes. `pids=None` scans every process on the machine.
+    """
+    found: dict[int, set[int]] = {}
+    for pid in psutil.pids() if pids is None else pids:
+        inodes: set[int] = set()
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = f"/proc/{pid}/fd/{fd}"
+                try:
+                    if os.readlink(link).startswith("/memfd:manycore"):
+                        inodes.add(os.stat(link).st_ino)
+                except OSError:  # closed meanwhile
+                    continue
+            with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as maps:
+                for line in maps:
+                    fields = line.split(None, 5)
+                    if len(fields) == 6 and fields[5].startswith("/memfd:manycore"):
+                        inodes.add(int(fields[4]))
+        except OSError:  # gone, or not ours to read
+            continue
+        if inodes:
+            found[pid] = inodes
+    return found
+
+
+def still_held(inodes: set[int], grace: float = 2.0) -> dict[int, set[int]]:
+    """Processes anywhere that still hold any of `inodes` after up to `grace` seconds (empty: all freed)."""
+    deadline = time.monotonic() + grace
+    while True:
+        held = {pid: got & inodes for pid, got in manycore_segments().items() if got & inodes}
+        if not held or time.monotonic() >= deadline:
+            return held
+        time.sleep(0.05)
+
+
+def shm_dir() -> set[str]:
+    """Every entry under /dev/shm (manycore creates none: its segments are memfds)."""
+    found = set()
+    for folder, _dirs, names in os.walk("/dev/shm"):
+        found.update(os.path.join(folder, name) for name in names)
+    return found

@@ -190,3 +190,24 @@ class SlowToPickle:
 def slow_result_at(x: int, *, bad: int) -> Any:
     """Returns at once; item `bad` returns a SlowToPickle."""
     return SlowToPickle() if x == bad else x * x
+
+
+def big_array_sum(shared: Any, arr: Any, die: bool) -> float:
+    """Sum a broadcast array and an input array that both live in shared memory; `die`: SIGKILL this worker
+    while both are mapped."""
+    if die:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return float(shared.sum() + arr.sum())
+
+
+def big_result(x: int) -> Any:
+    """A 4 MiB array: large enough to come back in a segment the worker lends to the parent."""
+    import numpy as np
+
+    return np.full(1 << 19, float(x))
+
+
+def touch_and_block_with(path: str, arr: Any, shared: Any) -> None:
+    """touch_and_block, while a large input and a broadcast are mapped in this worker."""
+    assert arr.size and shared.size
+    touch_and_block(path)

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
@@ -22,7 +23,16 @@ from manycore.errors import PoolClosedError, WorkerLostError
 
 from . import tasks
 from .common import make_executor, make_pool
-from .helpers import describe, is_alive, live_descendants, wait_for_files, wait_gone
+from .helpers import (
+    describe,
+    is_alive,
+    live_descendants,
+    manycore_segments,
+    shm_dir,
+    still_held,
+    wait_for_files,
+    wait_gone,
+)
 
 SCRIPT = Path(__file__).with_name("child_script.py")
 
@@ -225,6 +235,89 @@ def test_executor_shutdown_cancel_futures_with_crashing_tasks(no_orphans: set[in
         ex.shutdown(wait=True, cancel_futures=True)
     for f in futures:
         assert f.done()
+
+
+# ---- shared memory after faults ------------------------------------------------------------------------------
+# manycore's segments are memfds: the kernel frees one when no process has it open or mapped. These tests take
+# the inodes of every segment in use at the moment of the fault, then check that afterwards no process on the
+# machine holds any of them, and that nothing new appeared in /dev/shm.
+
+
+def segments_held_by(pids: Iterable[int]) -> set[int]:
+    return set().union(*manycore_segments(pids).values())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("start_method", ["forkserver", "fork", "spawn"])
+@pytest.mark.parametrize("scenario", ["interrupt", "parent_kill"])
+def test_no_segment_outlives_a_script_interrupted_or_sigkilled(
+    scenario: str, start_method: str, tmp_path: Path, no_orphans: set[int]
+) -> None:
+    shm_before = shm_dir()
+    proc = start_script(scenario, "shm", start_method, tmp_path)
+    workers: list[psutil.Process] = []
+    try:
+        read_report(proc, 30)
+        wait_for_markers(tmp_path, 2)  # both tasks block with their inputs and the broadcast mapped
+        workers = live_descendants(proc.pid)
+        in_use = segments_held_by([proc.pid, *(w.pid for w in workers)])
+        # The broadcast, the results the script holds, the two blocked tasks' inputs, two status pages.
+        assert len(in_use) >= 6, f"the scenario holds only {len(in_use)} segments"
+        if scenario == "interrupt":
+            os.kill(proc.pid, signal.SIGINT)
+            assert read_report(proc, 10)["interrupted"] is True
+        else:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        assert not wait_gone(workers, 5), f"workers survived: {describe(workers)}"
+        held = still_held(in_use)
+        assert not held, f"segments still held after the script ended: {held}"
+        assert not shm_dir() - shm_before, f"new /dev/shm entries: {shm_dir() - shm_before}"
+    finally:
+        kill_tree(proc, workers)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("start_method", ["forkserver", "fork", "spawn"])
+@pytest.mark.parametrize("way", ["worker_killed", "terminate"])
+def test_no_segment_outlives_a_worker_crash_or_terminate(
+    way: str, start_method: str, tmp_path: Path, no_orphans: set[int]
+) -> None:
+    import numpy as np
+
+    shm_before = shm_dir()
+    me = os.getpid()
+    pool = make_pool(start_method)
+    with pool:
+        shared = pool.broadcast(np.ones(4 << 20))  # 32 MiB, mapped by every worker
+        held = pool.map(tasks.big_result, range(4))  # results on segments the workers lend to this process
+        inputs = [np.full(1 << 19, float(x)) for x in range(4)]  # 4 MiB each: they travel in segments
+        if way == "worker_killed":
+            out = pool.starmap(
+                tasks.big_array_sum, [(shared, a, x == 1) for x, a in enumerate(inputs)], on_error="return"
+            )
+            assert isinstance(out[1], WorkerLostError), out
+            assert [out[x] for x in (0, 2, 3)] == [(4 << 20) + x * (1 << 19) for x in (0, 2, 3)]
+            in_use = segments_held_by([me, *(p.pid for p in live_descendants())])
+        else:
+            paths = [str(tmp_path / f"started-{x}") for x in range(2)]
+            pool.starmap_async(
+                tasks.touch_and_block_with, [(p, a, shared) for p, a in zip(paths, inputs)], chunksize=1
+            )
+            assert wait_for_files(paths, 20), "the tasks never started"
+            in_use = segments_held_by([me, *(p.pid for p in live_descendants())])
+            pool.terminate()
+            pool.join()
+        assert len(in_use) >= 5, f"the scenario holds only {len(in_use)} segments"
+    # The results outlive the pool, on their segments: they are the user's until dropped.
+    # Checked outside the assert: pytest's rewriting of an assert keeps the last `r` alive, and its segment.
+    intact = all((r == x).all() for x, r in enumerate(held))
+    assert intact
+    del held, shared
+    gc.collect()
+    held_now = still_held(in_use)
+    assert not held_now, f"segments still held after the pool ended and its results were dropped: {held_now}"
+    assert not shm_dir() - shm_before, f"new /dev/shm entries: {shm_dir() - shm_before}"
 
 
 # ---- file descriptors ----------------------------------------------------------------------------------------------
