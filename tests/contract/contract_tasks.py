@@ -62,3 +62,15 @@ def pid(_: object) -> int:
     import os
 
     return os.getpid()
+
+
+def exit_once_on_three(args: tuple[int, str]) -> int:
+    """Item 3 kills its worker the first time it runs (a marker file remembers), and succeeds when retried."""
+    import os
+
+    x, marker = args
+    if x == 3 and not os.path.exists(marker):
+        with open(marker, "w"):
+            pass
+        os._exit(7)
+    return x * x

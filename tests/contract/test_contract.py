@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +17,7 @@ import manycore
 from contract_tasks import (
     add,
     exit_on_three,
+    exit_once_on_three,
     explode,
     fail_on_three,
     nap,
@@ -159,6 +163,39 @@ def test_dead_worker_fails_only_its_item(make_pool: MakePool, backend_name: str)
         assert out[:3] == [0, 1, 2] and out[4:] == [4, 5]
         assert isinstance(out[3], manycore.WorkerLostError)
         assert pool.map(square, range(4)) == [0, 1, 4, 9]  # still usable
+
+
+def test_an_item_whose_worker_died_is_retried(make_pool: MakePool, backend_name: str, tmp_path: Path) -> None:
+    if backend_name == "thread":
+        pytest.skip("a thread backend has no worker process to lose")
+    marker = str(tmp_path / "died-once")
+    with make_pool() as pool:
+        out = pool.map(exit_once_on_three, [(x, marker) for x in range(6)], chunksize=3, retries=1)
+    assert os.path.exists(marker), "item 3 never killed its worker"
+    assert out == [x * x for x in range(6)]
+
+
+@pytest.mark.parametrize(
+    ("engine", "advice"),
+    [("dask", "distributed.Client(distributed.LocalCluster())"), ("ray", "Call ray.init()")],
+)
+def test_an_engine_backend_without_a_cluster_says_how_to_get_one(engine: str, advice: str) -> None:
+    """In a fresh interpreter, where no client or runtime exists: a clear error, not a hang or a cluster
+    started behind the user's back."""
+    pytest.importorskip("distributed" if engine == "dask" else "ray")
+    code = (
+        "import manycore\n"
+        "try:\n"
+        f"    manycore.Pool(backend={engine!r})\n"
+        "except RuntimeError as exc:\n"
+        "    print(exc)\n"
+        "else:\n"
+        "    print('no error')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    assert f"backend='{engine}' needs a" in out and advice in out, out
 
 
 def test_dask_pool_closes_only_the_client_it_created(dask_client: object) -> None:
