@@ -214,7 +214,9 @@ def test_a_1_gib_broadcast_used_by_100_tasks_adds_at_most_1_15_gib(
         handle = pool.broadcast(big)
         assert pool.map(slice_sum, [(handle, i) for i in range(100)]) == [1000.0] * 100
         # Touch every page of the broadcast in both workers.
-        pool.map(lambda args: float(args[0][args[1] :: 512].sum()), [(handle, 0), (handle, 1)] * 2, chunksize=1)
+        pool.map(
+            lambda args: float(args[0][args[1] :: 512].sum()), [(handle, 0), (handle, 1)] * 2, chunksize=1
+        )
         added = _pss_of_tree() - before
         handle.release()
     assert added <= 1.15 * big.nbytes, f"broadcast added {added / 2**20:.0f} MiB for a 1 GiB array"
