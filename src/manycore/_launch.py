@@ -59,13 +59,16 @@ class Launcher:
 
 
 class ForkLauncher(Launcher):
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
         super().__init__()
         _worker.set_parent_death_signal.prepare()
+        self._limits = bool(env and "OMP_NUM_THREADS" in env)
 
     def start(
         self, wid: int, child: socket.socket, status_fd: int, close_in_child: Iterable[int]
     ) -> int | None:
+        if self._limits:
+            _worker.loaded_blas.prepare()  # again each time: the user may have loaded a BLAS meanwhile
         pid = os.fork()
         if pid == 0:
             # The child must not hold other workers' parent ends, or their EOF would never be seen.
@@ -197,7 +200,7 @@ def make_launcher(start_method: str, env: dict[str, str] | None = None) -> Launc
     if start_method == "forkserver":
         return ForkServerLauncher(env, preload)
     if start_method == "fork":
-        return ForkLauncher()
+        return ForkLauncher(env)
     if start_method == "spawn":
         return SpawnLauncher(env, preload)
     raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}, not {start_method!r}")

@@ -162,21 +162,42 @@ def _pack_results(
 
 
 # True in an interpreter started with the pool's worker environment (the fork server and its workers, spawned
-# workers): whatever BLAS it loaded already obeys the limits, and the threadpoolctl scan below is skipped.
-# It cost each forked worker 0.7 MiB of private memory (W8's footprint) and a few ms of start-up.
+# workers): whatever BLAS it loaded already obeys the limits, and nothing more is done for them.
 STARTED_WITH_LIMITS = False
+
+
+class _LoadedBlas:
+    """threadpoolctl's controller of the BLAS libraries loaded in the user's process, for workers forked from it.
+
+    Such a worker inherits a BLAS that already runs, with one thread per core: only threadpoolctl can limit it
+    there. Importing threadpoolctl and scanning the libraries in each worker wrote to 2.5 MiB of the pages the
+    worker shared with the parent (measured with fork, W8's shape), all of it copied; ``prepare()`` runs the
+    scan in the parent instead, before each fork (0.3 ms once threadpoolctl is imported), and the worker uses
+    the controller it inherits.
+    """
+
+    def __init__(self) -> None:
+        self.controller: Any = None
+
+    def prepare(self) -> None:
+        if "numpy" not in sys.modules:
+            return
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            return
+        self.controller = ThreadpoolController()
+
+
+loaded_blas = _LoadedBlas()
 
 
 def _limit_loaded_blas(env: dict[str, str]) -> None:
     """Environment variables only reach BLAS libraries loaded later; a forked worker may have them already."""
     limit = env.get("OMP_NUM_THREADS")
-    if limit is None or STARTED_WITH_LIMITS or "numpy" not in sys.modules:
+    controller = loaded_blas.controller
+    if limit is None or STARTED_WITH_LIMITS or controller is None:
         return
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return
-    controller = ThreadpoolController()  # one scan of the loaded libraries, for the limit and the check
     before = _thread_ids()
     controller.limit(limits=int(limit))
     if int(limit) == 1:
