@@ -205,6 +205,19 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def compile_tree() -> None:
+    """Byte-compile the working tree's manycore, as installing a package does for every peer.
+
+    The children import manycore from src/, where nothing else writes bytecode when PYTHONDONTWRITEBYTECODE
+    is set (it is on some machines): each child, fork server and spawned worker then compiled every module
+    from source, about 50 ms that W6 billed to manycore alone (0.19 s against 0.14 s with bytecode).
+    """
+    import compileall
+
+    if os.path.isdir(SRC_DIR):
+        compileall.compile_dir(SRC_DIR, quiet=1)
+
+
 def become_subreaper() -> None:
     """Adopt orphaned grandchildren (PR_SET_CHILD_SUBREAPER) so that strays can be found and ended."""
     import ctypes
@@ -715,6 +728,7 @@ def main(argv: list[str]) -> int:
         probe_main()
         return 0
     become_subreaper()
+    compile_tree()
     # Turn SIGTERM into an exception so that run_child's cleanup stops the child and its workers too.
     signal.signal(signal.SIGTERM, _raise_on_signal)
     started = time.perf_counter()
