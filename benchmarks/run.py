@@ -206,16 +206,19 @@ def child_env() -> dict[str, str]:
 
 
 def compile_tree() -> None:
-    """Byte-compile the working tree's manycore, as installing a package does for every peer.
+    """Byte-compile the working tree's manycore and the workload module, as installing a package does.
 
-    The children import manycore from src/, where nothing else writes bytecode when PYTHONDONTWRITEBYTECODE
-    is set (it is on some machines): each child, fork server and spawned worker then compiled every module
-    from source, about 50 ms that W6 billed to manycore alone (0.19 s against 0.14 s with bytecode).
+    The children import manycore from src/ and the task functions from workloads.py, where nothing else
+    writes bytecode when PYTHONDONTWRITEBYTECODE is set (it is on some machines): each child, fork server
+    and spawned worker then compiled them from source. That cost W6 about 50 ms, billed to manycore alone
+    (0.19 s against 0.14 s with bytecode), and every worker that imports workloads.py (W8 with a fork
+    server or spawn, loky's and joblib's workers) the compiler's memory.
     """
     import compileall
 
-    if os.path.isdir(SRC_DIR):
-        compileall.compile_dir(SRC_DIR, quiet=1)
+    for folder in (SRC_DIR, BENCH_DIR):
+        if os.path.isdir(folder):
+            compileall.compile_dir(folder, quiet=1)
 
 
 def become_subreaper() -> None:
