@@ -45,7 +45,6 @@ def main(ctrl_fd: int, sys_path: list[str], preload: list[str] | None = None) ->
     from . import _worker  # imported once here so every forked worker has it already
 
     _worker.set_parent_death_signal.prepare()  # load libc via ctypes once, not in every worker
-    _worker.STARTED_WITH_LIMITS = True  # this interpreter started with the worker environment
     for name in preload or ():
         # Modules the parent uses (numpy): imported once here, so workers do not each pay for it. The BLAS
         # thread limits are already in this process's environment, so numpy starts with them.
