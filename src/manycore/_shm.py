@@ -65,6 +65,7 @@ class Segment:
             self.map = mmap.mmap(self.fd, self.size)
         except BaseException:
             os.close(self.fd)
+            self.fd = -1  # or __del__ would close the number again, by then perhaps someone else's file
             raise
 
     def __del__(self) -> None:
