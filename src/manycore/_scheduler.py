@@ -755,7 +755,9 @@ class Scheduler(SchedulerBase):
                 if chunk.segment is not None:  # the dead worker's mapping is gone: the segment is free again
                     self._segments.release(chunk.segment, reusable=True)
                     chunk.segment = None
-                if chunk.job.closed:
+                # After terminate() its jobs fail with PoolClosedError, whichever thread gets there first: a
+                # worker that terminate() killed must not be reported as lost, nor its chunks run again.
+                if chunk.job.closed or self.state is State.TERMINATED:
                     continue
                 if chunk.cid != cid:
                     requeue.append(chunk)
