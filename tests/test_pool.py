@@ -274,6 +274,14 @@ def test_initializer_and_initargs(no_leftover_processes: None) -> None:
         assert pool.map(read_state, range(4)) == ["ready"] * 4
 
 
+def test_unpicklable_initializer_is_refused_at_creation(no_leftover_processes: None) -> None:
+    lock = threading.Lock()  # cannot be pickled
+    with pytest.raises(manycore.SerializationError, match="cannot be pickled"):
+        manycore.Pool(2, initializer=print, initargs=(lock,))
+    # The fork server started before the initializer was pickled; it must not outlive the refusal
+    # (no_leftover_processes checks that).
+
+
 def test_failing_initializer_is_an_error_not_a_hang(no_leftover_processes: None) -> None:
     def explode() -> None:
         raise RuntimeError("initializer exploded")

@@ -44,5 +44,24 @@ def test_import_is_light() -> None:
     assert out.strip() == "[]"
 
 
+def test_fork_server_starts_before_cloudpickle_is_imported() -> None:
+    # Pool() starts its fork server before anything imports cloudpickle, so that the import (the largest of a
+    # first Pool()) overlaps the server's start-up instead of delaying it (W6). Recorded at the moment the
+    # server's interpreter is launched.
+    code = (
+        "import subprocess, sys, manycore\n"
+        "seen = []\n"
+        "popen_init = subprocess.Popen.__init__\n"
+        "def record(self, *args, **kwargs):\n"
+        "    seen.append('cloudpickle' in sys.modules)\n"
+        "    popen_init(self, *args, **kwargs)\n"
+        "subprocess.Popen.__init__ = record\n"
+        "with manycore.Pool(2) as pool:\n"
+        "    print(seen, pool.apply(abs, (-3,)), 'cloudpickle' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["[False]", "3", "True"]
+
+
 def test_package_is_typed() -> None:
     assert (Path(manycore.__file__).parent / "py.typed").exists()

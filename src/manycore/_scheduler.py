@@ -200,16 +200,6 @@ class Scheduler(SchedulerBase):
         self._broadcasts: dict[int, Broadcast[Any]] = {}
         self._segments = _shm.SegmentPool()
         self._freed: deque[tuple[ch.ParentChannel, int]] = deque()  # result segments to hand back
-        self._init_blob = dumps_function(
-            (
-                initializer,
-                tuple(initargs),
-                max_tasks_per_worker or 0,
-                max_memory_per_worker or 0,
-                zero_copy_threshold,
-                worker_env or {},
-            )
-        )
         self._max_tasks = max_tasks_per_worker or 0
         self._cids = itertools.count(1)
         self._wids = itertools.count(1)
@@ -218,11 +208,27 @@ class Scheduler(SchedulerBase):
         self._unreaped: list[Worker] = []
         self._start_failures = 0
         self._watch_writes = True
+        # The launcher first: a fork server boots while this thread imports cloudpickle and pickles the
+        # initializer (W6: the two overlap on separate cores).
+        self._launcher: Launcher = make_launcher(start_method, worker_env)
+        try:
+            self._init_blob = dumps_function(
+                (
+                    initializer,
+                    tuple(initargs),
+                    max_tasks_per_worker or 0,
+                    max_memory_per_worker or 0,
+                    zero_copy_threshold,
+                    worker_env or {},
+                )
+            )
+        except BaseException:
+            self._launcher.close()
+            raise
         self._wake_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._launcher: Launcher = make_launcher(start_method, worker_env)
         self._selector = Poller()
         self._selector.register(self._wake_r, READ, None)
         self._control_fd = self._launcher.control_fd

@@ -4,6 +4,10 @@ Everything goes through cloudpickle: it pickles importable functions and classes
 ``pickle`` for plain data) and pickles lambdas, closures and anything defined in ``__main__`` or a notebook by
 value. Workers never import the user's ``__main__`` module, so by-value pickling is what makes such code work
 with every start method, and cloudpickle's class tracking keeps a ``__main__`` class identical after a round trip.
+
+cloudpickle is imported on first use, not with this module: importing it (with ``inspect``, ``dataclasses`` and
+``logging``) is the largest single cost of a first ``Pool()``, and deferring it to the first task lets it run
+while the new pool's fork server is starting (W6).
 """
 
 from __future__ import annotations
@@ -12,8 +16,6 @@ import pickle
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import cloudpickle
-
 from ._wire import PROTOCOL, loads
 from .errors import RemoteTraceback, SerializationError
 
@@ -21,6 +23,8 @@ __all__ = ["dumps", "dumps_frames", "dumps_function", "find_unpicklable", "loads
 
 
 def dumps(obj: object, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None = None) -> bytes:
+    import cloudpickle
+
     data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=buffer_callback)
     return data
 
@@ -47,6 +51,8 @@ def dumps_frames(
     obj: object, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None = None
 ) -> list[bytes]:
     """Like ``dumps``, but returns the pickle in parts whose concatenation is the pickle."""
+    import cloudpickle
+
     frames = _Frames()
     cloudpickle.Pickler(frames, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
     return frames
