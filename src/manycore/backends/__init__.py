@@ -14,6 +14,7 @@ Engines are imported only when used: ``import manycore`` never imports dask or r
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import queue
 import sys
 import threading
@@ -128,6 +129,12 @@ class Dask(Engine):
         self._client = client
         self._address = address
         self._owned = False
+        # Finished chunks are read on threads of ours. Dask runs every future's callbacks, for all clients,
+        # one at a time on a single thread, and reading a result there blocks it whenever Dask must compute
+        # the result again (a worker holding it died): every other chunk's callback, the lost worker's
+        # KilledWorker included, then waited behind it (contract tests over 180 s under load). Several
+        # threads, so that one result being recomputed holds up no other.
+        self._readers: concurrent.futures.ThreadPoolExecutor | None = None
 
     def start(self) -> None:
         import distributed
@@ -146,22 +153,22 @@ class Dask(Engine):
                     "backend=manycore.backends.Dask(address=...)."
                 ) from None
         self.slots = max(1, sum(self._client.nthreads().values()))
+        self._readers = concurrent.futures.ThreadPoolExecutor(
+            max(4, self.slots), thread_name_prefix="manycore-dask-results"
+        )
 
     def run(self, chunk: Chunk, done: Callable[[Chunk, Any, BaseException | None], None]) -> None:
         job = chunk.job
         future = self._client.submit(
             run_chunk, job.fn, job.kind, chunk.first, list(chunk.items), pure=False, retries=0
         )
+        readers = self._readers
+        assert readers is not None
 
         def finished(f: Any) -> None:
-            if f.status == "finished":
-                done(chunk, f.result(), None)
-            else:
-                try:
-                    error = f.exception()
-                except BaseException as exc:  # cancelled: the client closed under us
-                    error = exc
-                done(chunk, None, error)
+            # RuntimeError: the pool has stopped (terminated), and nothing waits for this chunk any more.
+            with contextlib.suppress(RuntimeError):
+                readers.submit(_read_dask_future, f, chunk, done)
 
         future.add_done_callback(finished)
 
@@ -173,8 +180,20 @@ class Dask(Engine):
         return self._client.scatter([obj], broadcast=True, hash=False)[0]
 
     def close(self) -> None:
+        if self._readers is not None:
+            # Not waiting: a reader blocked on a result being recomputed ends when the client cancels it.
+            self._readers.shutdown(wait=False)
         if self._owned and self._client is not None:
             self._client.close()
+
+
+def _read_dask_future(f: Any, chunk: Chunk, done: Callable[[Chunk, Any, BaseException | None], None]) -> None:
+    try:
+        result = f.result()
+    except BaseException as exc:  # the task's error, KilledWorker, or cancelled (the client closed under us)
+        done(chunk, None, exc)
+    else:
+        done(chunk, result, None)
 
 
 class Ray(Engine):
