@@ -166,6 +166,7 @@ class Worker:
         if self.pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
+            _hurry_exit(self.pid)
 
 
 _live: weakref.WeakSet[Scheduler] = weakref.WeakSet()
@@ -678,6 +679,8 @@ class Scheduler(SchedulerBase):
         self._selector.register(w.channel.fileno(), READ | WRITE, w)
 
     def _on_eof(self, w: Worker) -> None:
+        if w.pid is not None:
+            _hurry_exit(w.pid)
         with self._lock:
             self._selector.unregister(w.channel.fileno())
             w.channel.close()
@@ -883,6 +886,26 @@ class Scheduler(SchedulerBase):
             if time.monotonic() > deadline:
                 w.kill()
             time.sleep(0.001)
+
+
+def _hurry_exit(pid: int) -> None:
+    """Give a dying worker's idle-priority threads normal priority again, so that they finish dying.
+
+    A worker's exit code comes only once every one of its threads has ended, and a forked worker may hold
+    OpenBLAS threads parked at SCHED_IDLE (see ``_worker._quiet_restarted_blas_threads``). On a loaded machine
+    such a thread got so little CPU that it was still exiting 2 s after the worker's socket had closed
+    (Python 3.13, numpy 2.5), and the crash was reported without its exit code.
+    """
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:  # already gone, or not Linux
+        return
+    for tid in tids:
+        with contextlib.suppress(OSError, ValueError):
+            # Only threads at SCHED_IDLE: once a fork server has reaped the worker, its pid may name another
+            # process, and the threads manycore parks are the only ones it touches.
+            if os.sched_getscheduler(int(tid)) == os.SCHED_IDLE:
+                os.sched_setscheduler(int(tid), os.SCHED_OTHER, os.sched_param(0))
 
 
 def _wait_for_eof(channel: ch.ParentChannel, deadline: float) -> None:

@@ -368,3 +368,43 @@ def test_helpers_see_zombies_as_dead() -> None:
         time.sleep(0.01)
     assert not is_alive(proc)  # exited: a zombie until reaped below
     p.wait()
+
+
+PARKED_THREADS = """
+import os, sys, threading
+ready, printing = threading.Barrier(3), threading.Lock()
+def park(policy):
+    os.sched_setscheduler(0, policy, os.sched_param(0))  # 0: the calling thread
+    with printing:
+        print(policy, threading.get_native_id(), flush=True)
+    ready.wait()
+    threading.Event().wait()
+for policy in (os.SCHED_IDLE, os.SCHED_BATCH):
+    threading.Thread(target=park, args=(policy,), daemon=True).start()
+ready.wait()
+sys.stdin.read()
+"""
+
+
+@pytest.mark.timeout(30)
+def test_a_dying_workers_idle_threads_get_cpu_to_exit() -> None:
+    # A forked worker's OpenBLAS threads may be parked at SCHED_IDLE; on a loaded machine one was still
+    # exiting 2 s after its worker's socket closed, and the crash went out without its exit code. The
+    # supervisor gives such threads normal priority as it sees the worker die (and when it kills one), and
+    # leaves every other thread's policy alone.
+    from manycore._scheduler import _hurry_exit
+
+    with subprocess.Popen(
+        [sys.executable, "-c", PARKED_THREADS], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as child:
+        try:
+            assert child.stdout is not None
+            tids = dict(map(int, child.stdout.readline().split()) for _ in range(2))
+            idle, batch = tids[os.SCHED_IDLE], tids[os.SCHED_BATCH]
+            assert os.sched_getscheduler(idle) == os.SCHED_IDLE
+            _hurry_exit(child.pid)
+            assert os.sched_getscheduler(idle) == os.SCHED_OTHER
+            assert os.sched_getscheduler(batch) == os.SCHED_BATCH
+            assert os.sched_getscheduler(child.pid) == os.SCHED_OTHER
+        finally:
+            child.kill()
