@@ -61,6 +61,7 @@ from .errors import InitializerError, PoolClosedError, SerializationError, TaskT
 DEPTH = 2  # chunks a worker holds: the one it runs and the next, already in its socket
 START_FAILURES_LIMIT = 5  # consecutive workers dying before READY: the pool cannot start workers
 EXIT_CODE_GRACE = 2.0  # seconds to wait for a lost worker's exit code before reporting without it
+DYING_LIMIT = 30.0  # ... and for one visibly exiting, whose exit code is sure to come (see _dying)
 SOCKET_BUFFER = 4 << 20
 
 
@@ -741,8 +742,10 @@ class Scheduler(SchedulerBase):
         now = time.monotonic()
         for w in list(self._lost):
             code = self._launcher.poll(w.pid) if w.pid is not None else None
-            if code is None and now - w.lost_at < EXIT_CODE_GRACE and self.state is not State.TERMINATED:
-                continue
+            if code is None and self.state is not State.TERMINATED:
+                waited = now - w.lost_at
+                if waited < EXIT_CODE_GRACE or (waited < DYING_LIMIT and w.pid is not None and _dying(w.pid)):
+                    continue
             self._lost.remove(w)
             if code is None:
                 self._unreaped.append(w)  # recovered without its exit code; still to be reaped at shutdown
@@ -894,7 +897,8 @@ def _hurry_exit(pid: int) -> None:
     A worker's exit code comes only once every one of its threads has ended, and a forked worker may hold
     OpenBLAS threads parked at SCHED_IDLE (see ``_worker._quiet_restarted_blas_threads``). On a loaded machine
     such a thread got so little CPU that it was still exiting 2 s after the worker's socket had closed
-    (Python 3.13, numpy 2.5), and the crash was reported without its exit code.
+    (Python 3.13, numpy 2.5), and the crash was reported without its exit code. Linux allows this only with
+    CAP_SYS_NICE or an RLIMIT_NICE that permits nice 0; without, ``_dying`` makes the supervisor wait longer.
     """
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -906,6 +910,19 @@ def _hurry_exit(pid: int) -> None:
             # process, and the threads manycore parks are the only ones it touches.
             if os.sched_getscheduler(int(tid)) == os.SCHED_IDLE:
                 os.sched_setscheduler(int(tid), os.SCHED_OTHER, os.sched_param(0))
+
+
+def _dying(pid: int) -> bool:
+    """Whether a process is part-way through exiting: its main thread has ended (a zombie) but others run on.
+
+    Its exit code comes once the last thread ends. Where ``_hurry_exit`` may not raise threads from idle
+    priority (a user without CAP_SYS_NICE or an RLIMIT_NICE of 20), that can take longer than the grace.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _wait_for_eof(channel: ch.ParentChannel, deadline: float) -> None:

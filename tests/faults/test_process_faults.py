@@ -386,7 +386,17 @@ sys.stdin.read()
 """
 
 
+def may_leave_idle_priority() -> bool:
+    # Linux lets a thread leave SCHED_IDLE only with CAP_SYS_NICE or an RLIMIT_NICE that allows nice 0.
+    import resource
+
+    return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
+
+
 @pytest.mark.timeout(30)
+@pytest.mark.skipif(
+    not may_leave_idle_priority(), reason="this user may not move a thread off SCHED_IDLE (RLIMIT_NICE)"
+)
 def test_a_dying_workers_idle_threads_get_cpu_to_exit() -> None:
     # A forked worker's OpenBLAS threads may be parked at SCHED_IDLE; on a loaded machine one was still
     # exiting 2 s after its worker's socket closed, and the crash went out without its exit code. The
@@ -408,3 +418,32 @@ def test_a_dying_workers_idle_threads_get_cpu_to_exit() -> None:
             assert os.sched_getscheduler(child.pid) == os.SCHED_OTHER
         finally:
             child.kill()
+
+
+MAIN_THREAD_EXITS = """
+import ctypes, sys, threading
+threading.Thread(target=sys.stdin.read).start()
+print("ok", flush=True)
+ctypes.CDLL(None).pthread_exit(None)  # the main thread ends; the process lives on in the other thread
+"""
+
+
+@pytest.mark.timeout(30)
+def test_a_process_part_way_through_exiting_counts_as_dying() -> None:
+    # After a worker's socket closes, the supervisor waits past the usual grace for the exit code of a
+    # process it sees exiting (main thread a zombie, others still running), rather than report it unknown.
+    from manycore._scheduler import _dying
+
+    with subprocess.Popen(
+        [sys.executable, "-c", MAIN_THREAD_EXITS], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as child:
+        try:
+            assert child.stdout is not None and child.stdout.readline() == "ok\n"
+            deadline = time.monotonic() + 10
+            while not _dying(child.pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert _dying(child.pid)
+            assert not _dying(os.getpid())
+        finally:
+            child.kill()
+    assert not _dying(child.pid)  # reaped: gone
