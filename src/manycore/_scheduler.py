@@ -55,7 +55,16 @@ from ._broadcast import Broadcast, collect
 from ._jobs import Chunk, Job, SchedulerBase, State
 from ._launch import Launcher, make_launcher
 from ._serialize import dumps_frames, dumps_function, find_unpicklable, loads, unpack_exception
-from ._worker import FUNCTION_CACHE, INPUT_KEPT, OUT_OF_BAND, PARTIAL, STATUS, STATUS_SIZE, TRACK_ITEMS
+from ._worker import (
+    FUNCTION_CACHE,
+    INPUT_KEPT,
+    OUT_OF_BAND,
+    PARTIAL,
+    STATUS,
+    STATUS_SIZE,
+    TRACK_ITEMS,
+    thread_ids,
+)
 from .errors import InitializerError, PoolClosedError, SerializationError, TaskTimeoutError, WorkerLostError
 
 DEPTH = 2  # chunks a worker holds: the one it runs and the next, already in its socket
@@ -900,16 +909,12 @@ def _hurry_exit(pid: int) -> None:
     (Python 3.13, numpy 2.5), and the crash was reported without its exit code. Linux allows this only with
     CAP_SYS_NICE or an RLIMIT_NICE that permits nice 0; without, ``_dying`` makes the supervisor wait longer.
     """
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:  # already gone, or not Linux
-        return
-    for tid in tids:
-        with contextlib.suppress(OSError, ValueError):
+    for tid in thread_ids(pid):
+        with contextlib.suppress(OSError):  # the thread ended meanwhile
             # Only threads at SCHED_IDLE: once a fork server has reaped the worker, its pid may name another
             # process, and the threads manycore parks are the only ones it touches.
-            if os.sched_getscheduler(int(tid)) == os.SCHED_IDLE:
-                os.sched_setscheduler(int(tid), os.SCHED_OTHER, os.sched_param(0))
+            if os.sched_getscheduler(tid) == os.SCHED_IDLE:
+                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
 
 
 def _dying(pid: int) -> bool:

@@ -194,16 +194,17 @@ def _limit_loaded_blas(env: dict[str, str]) -> None:
     controller = loaded_blas.controller
     if limit is None or controller is None:
         return
-    before = _thread_ids()
+    before = thread_ids()
     controller.limit(limits=int(limit))
     if int(limit) == 1:
-        _quiet_restarted_blas_threads(controller.info(), _thread_ids() - before)
+        _quiet_restarted_blas_threads(controller.info(), thread_ids() - before)
 
 
-def _thread_ids() -> set[int]:
+def thread_ids(pid: int | str = "self") -> set[int]:
+    """The ids of a process's threads (Linux /proc); empty where the process is gone or this is not Linux."""
     try:
-        return {int(tid) for tid in os.listdir("/proc/self/task")}
-    except OSError:  # not Linux
+        return {int(tid) for tid in os.listdir(f"/proc/{pid}/task")}
+    except OSError:
         return set()
 
 
@@ -229,7 +230,7 @@ def _quiet_restarted_blas_threads(libraries: list[dict[str, Any]], new_threads: 
         except (OSError, AttributeError, KeyError):  # not loaded, or a build that does not export it
             continue
         shutdown()
-    for tid in new_threads & _thread_ids():
+    for tid in new_threads & thread_ids():
         try:  # noqa: SIM105 (no contextlib: workers import as little as they can)
             os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
         except (OSError, AttributeError):  # gone meanwhile, or not Linux
