@@ -129,6 +129,8 @@ FIGURES = [
     Figure("W7", "wall_s", "W7 wall s", False),
     Figure("W8", "wall_s", "W8 wall s", False),
     Figure("W8", "footprint_mib", "W8 footprint MiB (PSS + shm)", False),
+    Figure("W9", "wall_s", "W9 10,000 submits, wall s", False),
+    Figure("W10", "fast_results_s", "W10 s until the 9 fast results", False),
 ]
 
 
@@ -766,6 +768,10 @@ STANDING_NOTES = {
     "The CPU-time variant runs 200 items that each burn exactly 10 ms of thread CPU time: 2.0 s of work "
     "divided by the wall time, immune to the core's clock speed.",
     "W6": "W6 includes the shutdown; for joblib that is an explicit shutdown of the executor it reuses.",
+    "W9": "W9: mp, manycore and mpire use apply_async (their submit), ppe, loky and pebble submit and read "
+    "through as_completed, joblib runs the 10,000 calls as one Parallel call (it has no submit).",
+    "W10": "W10: imap_unordered with chunksize 1 where the library takes one (mp, mpire, joblib batch_size=1); "
+    "manycore with its automatic chunking; executors submit every item and read them as completed.",
     "W7": "W7: ppe, loky and pebble submit the whole input before yielding (2 GiB held); that is their API.",
     "W8": "W8 footprint = PSS of the child and its descendants + memfd and /dev/shm files they hold open "
     "+ every /dev/shm file created during the run (including any made by other programs meanwhile), "

@@ -1,4 +1,4 @@
-"""Task functions, per-library runners and the workloads W1..W8 of /work/shared/BENCHMARKS.md.
+"""Task functions, per-library runners and the workloads W1..W10 of /work/shared/BENCHMARKS.md.
 
 Everything a worker has to unpickle lives in this module, never in ``__main__``, so that spawn-based
 peers (loky, joblib) import it by name like the fork-based ones inherit it.
@@ -39,6 +39,12 @@ WARM_UP_SECONDS = 0.02
 
 def noop() -> None:
     return None
+
+
+def fast_or_slow(x: int) -> int:
+    """W10's item: item 1 sleeps 2 s, every other one 10 ms (sleeps: the cores stay free for the others)."""
+    time.sleep(2.0 if x == 1 else 0.010)
+    return x
 
 
 def square(x: int) -> int:
@@ -141,6 +147,15 @@ class Runner(abc.ABC):
     def close(self) -> None:
         """Graceful shutdown that waits for the workers; safe to call twice or after a failed open."""
 
+    @abc.abstractmethod
+    def submit_all(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        """W9: one task per item, each submitted on its own (futures or async results), then every result
+        read (in completion order where the library has it)."""
+
+    @abc.abstractmethod
+    def imap_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
+        """W10: results in completion order, one item per task where the library lets one choose."""
+
     def warm_up(self) -> None:
         # Tasks that last a little so every worker takes one: all are started and have imported this module.
         self.map(busy_wait, [WARM_UP_SECONDS] * self.workers, 1)
@@ -177,6 +192,12 @@ class SerialRunner(Runner):
     def call(self, fn: Callable[[], Any]) -> Any:
         return fn()
 
+    def submit_all(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        return [fn(item) for item in items]
+
+    def imap_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
+        return map(fn, items)
+
     def close(self) -> None:
         return None
 
@@ -212,6 +233,13 @@ class MultiprocessingRunner(Runner):
 
     def call(self, fn: Callable[[], Any]) -> Any:
         return self._pool.apply(fn)
+
+    def submit_all(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        pending = [self._pool.apply_async(fn, (item,)) for item in items]
+        return [result.get() for result in pending]
+
+    def imap_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
+        return iter(self._pool.imap_unordered(fn, items))  # chunksize 1 for mp; manycore: its "auto"
 
     def close(self) -> None:
         if self._pool is not None:
@@ -317,6 +345,17 @@ class ExecutorRunner(Runner):
     def call(self, fn: Callable[[], Any]) -> Any:
         return self._executor.submit(fn).result()
 
+    def submit_all(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        from concurrent.futures import as_completed
+
+        futures = [self._executor.submit(fn, item) for item in items]
+        return [future.result() for future in as_completed(futures)]
+
+    def imap_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
+        from concurrent.futures import as_completed
+
+        return (future.result() for future in as_completed([self._executor.submit(fn, x) for x in items]))
+
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
@@ -365,6 +404,17 @@ class JoblibRunner(Runner):
         from joblib import delayed
 
         return self._parallel([delayed(fn)()])[0]
+
+    def submit_all(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        from joblib import delayed
+
+        return list(self._parallel(delayed(fn)(item) for item in items))  # joblib's way: one batch call
+
+    def imap_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
+        from joblib import Parallel, delayed
+
+        lazy = Parallel(n_jobs=self.workers, return_as="generator_unordered", batch_size=1)
+        return iter(lazy(delayed(fn)(item) for item in items))
 
     def close(self) -> None:
         if self._parallel is None:
@@ -422,6 +472,13 @@ class MpireRunner(Runner):
     def call(self, fn: Callable[[], Any]) -> Any:
         return self._pool.apply(fn)
 
+    def submit_all(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        pending = [self._pool.apply_async(fn, (item,)) for item in items]
+        return [result.get() for result in pending]
+
+    def imap_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
+        return iter(self._pool.imap_unordered(fn, items, chunk_size=1))
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.stop_and_join()
@@ -461,6 +518,18 @@ class PebbleRunner(Runner):
 
     def call(self, fn: Callable[[], Any]) -> Any:
         return self._pool.schedule(fn).result()
+
+    def submit_all(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        from concurrent.futures import as_completed
+
+        futures = [self._pool.schedule(fn, args=(item,)) for item in items]
+        return [future.result() for future in as_completed(futures)]
+
+    def imap_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
+        from concurrent.futures import as_completed
+
+        futures = [self._pool.schedule(fn, args=(item,)) for item in items]
+        return (future.result() for future in as_completed(futures))
 
     def close(self) -> None:
         if self._pool is not None:
@@ -674,6 +743,32 @@ def w8_broadcast(runner: Runner, params: Params) -> Figures:
     return {"wall_s": wall, "footprint_mib": footprint / MIB, "mode": runner.w8_mode}
 
 
+def w9_submit_storm(runner: Runner, params: Params) -> Figures:
+    n = 10_000
+    with warm_pool(runner, params.workers):
+        started = time.perf_counter()
+        results = runner.submit_all(square, range(n))
+        wall = time.perf_counter() - started
+    _check(sorted(results) == [x * x for x in range(n)], "W9 squares")
+    return {"wall_s": wall}
+
+
+def w10_fairness(runner: Runner, params: Params) -> Figures:
+    items = list(range(10))
+    with warm_pool(runner, params.workers):
+        started = time.perf_counter()
+        results = runner.imap_unordered(fast_or_slow, items)
+        seen: list[int] = []
+        for value in results:
+            seen.append(value)
+            if sum(1 for x in seen if x != 1) == len(items) - 1:
+                break
+        wall = time.perf_counter() - started
+        seen += results  # the slow item, if it was not in yet: outside the clock
+    _check(sorted(seen) == items, "W10 items")
+    return {"fast_results_s": wall}
+
+
 WORKLOADS: dict[str, Callable[[Runner, Params], Figures]] = {
     "W1": w1_tiny_items,
     "W2": w2_cpu_bound,
@@ -684,6 +779,8 @@ WORKLOADS: dict[str, Callable[[Runner, Params], Figures]] = {
     "W6": w6_cold_start,
     "W7": w7_streaming,
     "W8": w8_broadcast,
+    "W9": w9_submit_storm,
+    "W10": w10_fairness,
 }
 
 LIBRARY_STDLIB = {"serial", "mp", "mp-fork", "ppe", "ppe1"}
