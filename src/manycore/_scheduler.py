@@ -658,9 +658,8 @@ class Scheduler(SchedulerBase):
                             name_item(error, chunk.first + k)
                 else:
                     values, errors = loads(frame.body), {}
-            except (
-                BaseException
-            ) as exc:  # even SystemExit from a __reduce__: an item's error, not this thread's
+            except BaseException as exc:
+                # Even SystemExit from a __reduce__: an item's error, not this thread's.
                 if isinstance(exc, KeyboardInterrupt):
                     raise
                 if len(chunk.items) > 1:

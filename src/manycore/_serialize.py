@@ -13,6 +13,7 @@ while the new pool's fork server is starting (W6).
 from __future__ import annotations
 
 import contextlib
+import io
 import pickle
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -53,9 +54,8 @@ def _pickler() -> Any:
 
         from ._wire import main_function, main_function_setstate
 
-        code_reduce: Any = getattr(
-            cloudpickle.cloudpickle, "_code_reduce", None
-        )  # absent before cloudpickle 3
+        # Absent before cloudpickle 3, which kept co_filename anyway.
+        code_reduce: Any = getattr(cloudpickle.cloudpickle, "_code_reduce", None)
 
         def reduce_code(code: types.CodeType) -> tuple[Any, ...]:
             constructor, args = code_reduce(code)
@@ -86,8 +86,6 @@ def _pickler() -> Any:
 
 
 def dumps(obj: object, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None = None) -> bytes:
-    import io
-
     file = io.BytesIO()
     _pickler()(file, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
     return file.getvalue()
