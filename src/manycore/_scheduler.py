@@ -47,6 +47,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from . import _channel as ch
@@ -54,7 +55,15 @@ from . import _shm
 from ._broadcast import Broadcast, collect
 from ._jobs import Chunk, Job, SchedulerBase, State
 from ._launch import Launcher, make_launcher
-from ._serialize import dumps_frames, dumps_function, find_unpicklable, loads, unpack_exception
+from ._serialize import (
+    dumps_frames,
+    dumps_function,
+    find_unpicklable,
+    loads,
+    name_item,
+    unloadable_error,
+    unpack_exception,
+)
 from ._worker import (
     FUNCTION_CACHE,
     INPUT_KEPT,
@@ -63,6 +72,7 @@ from ._worker import (
     STATUS,
     STATUS_SIZE,
     TRACK_ITEMS,
+    UNLOADABLE,
     thread_ids,
 )
 from .errors import InitializerError, PoolClosedError, SerializationError, TaskTimeoutError, WorkerLostError
@@ -308,8 +318,15 @@ class Scheduler(SchedulerBase):
         if self._freed:
             self._send_freed()
         backlog = False
-        for w, chunk, with_fn in assignments:
+        # Chunks assigned while sending these (after a failure) go at the end, never ahead: a chunk must not
+        # overtake, on a worker's socket, the earlier one that carries its function.
+        queue = list(assignments)
+        for w, chunk, with_fn in queue:
             job = chunk.job
+            if not with_fn and job.fn_key not in w.known_fns:
+                # The chunk before it that was to carry the function was not sent (_forget_function).
+                with self._lock:
+                    with_fn = w.needs_function(job.fn_key)
             if chunk.payload is None:
                 collector = _shm.Collector(self.zero_copy_threshold)
                 try:
@@ -325,9 +342,12 @@ class Scheduler(SchedulerBase):
                             collector.buffers.clear()  # large bytes went in band: send them out of band
                             wrapped = _shm.wrap_large((chunk.first, chunk.items), threshold)
                             chunk.payload = dumps_frames(wrapped, collector)
-                except Exception:
+                except BaseException as exc:  # even SystemExit from a __reduce__: an item's error, not ours
+                    if isinstance(exc, KeyboardInterrupt):
+                        raise
                     chunk.payload = None
-                    self._unpicklable(w, chunk)
+                    self._forget_function(w, job, with_fn)
+                    queue.extend(self._unpicklable(w, chunk))
                     continue
                 chunk.buffers = collector.buffers
                 job.chunker.observe_bytes(
@@ -336,7 +356,8 @@ class Scheduler(SchedulerBase):
             wanted = job.broadcasts | chunk.broadcasts
             foreign = wanted - self._broadcasts.keys()
             if foreign:
-                self._fail_chunk(
+                self._forget_function(w, job, with_fn)
+                queue += self._fail_chunk(
                     w,
                     chunk,
                     ValueError(
@@ -461,14 +482,21 @@ class Scheduler(SchedulerBase):
         for w in holders:
             w.channel.send(ch.RELEASE, handle.bid, 0, 0)
 
-    def _fail_chunk(self, w: Worker, chunk: Chunk, exc: BaseException) -> None:
+    def _fail_chunk(self, w: Worker, chunk: Chunk, exc: BaseException) -> list[tuple[Worker, Chunk, bool]]:
         with self._lock:
             w.inflight.pop(chunk.cid, None)
             assignments = self._assign_locked()
         chunk.job.deliver(chunk, [None] * len(chunk.items), dict.fromkeys(range(len(chunk.items)), exc))
-        self._send(assignments)
+        return assignments
 
-    def _unpicklable(self, w: Worker, chunk: Chunk) -> None:
+    def _forget_function(self, w: Worker, job: Job, with_fn: bool) -> None:
+        """A chunk that was to carry its function is not sent: the worker does not have the function yet."""
+        if with_fn:
+            with self._lock:
+                w.known_fns.pop(job.fn_key, None)
+
+    def _unpicklable(self, w: Worker, chunk: Chunk) -> list[tuple[Worker, Chunk, bool]]:
+        """Fail a one-item chunk whose item does not pickle; split a longer one: the assignments to send next."""
         what = "argument" if chunk.job.kind != ch.CALL else "call argument"
         with self._lock:
             w.inflight.pop(chunk.cid, None)
@@ -479,7 +507,7 @@ class Scheduler(SchedulerBase):
                 assignments = []
         if len(chunk.items) == 1:
             chunk.job.deliver(chunk, [None], {0: find_unpicklable(chunk.items, chunk.first, what)})
-        self._send(assignments)
+        return assignments
 
     def _wake(self) -> None:
         # Under the lock and checked: once the pipe is closed, its fd number may belong to someone else.
@@ -606,6 +634,13 @@ class Scheduler(SchedulerBase):
                     os.close(frame.fd)
                     w.channel.send(ch.SEGMENT_FREE, _shm.segment_id(frame.body), 0, 0)
                 continue
+            if frame.b & UNLOADABLE:  # nothing ran: some item did not unpickle in the worker
+                if len(chunk.items) > 1:
+                    self._one_by_one(chunk)  # to find which
+                else:
+                    what = "argument" if job.kind != ch.CALL else "call argument"
+                    job.deliver(chunk, [None], {0: unloadable_error(chunk.first, what, loads(frame.body))})
+                continue
             job.chunker.observe_time(len(chunk.items), frame.a / 1e9)
             # Results count towards the chunk size cap too: a chunk of big results needs a big fresh segment.
             nbytes = len(frame.body) + (_shm.segment_bytes(frame.body) if frame.fd is not None else 0)
@@ -618,18 +653,22 @@ class Scheduler(SchedulerBase):
                 elif frame.b & PARTIAL:
                     values, packed = loads(frame.body)
                     errors = {k: unpack_exception(v) for k, v in packed.items()}
+                    if job.kind != ch.CALL:
+                        for k, error in errors.items():
+                            name_item(error, chunk.first + k)
                 else:
                     values, errors = loads(frame.body), {}
-            except Exception as exc:
+            except BaseException as exc:
+                # Even SystemExit from a __reduce__: an item's error, not this thread's.
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
                 if len(chunk.items) > 1:
                     # One pickle holds the whole chunk: re-run its items one by one, so that only the
                     # item whose result cannot be unpickled fails.
-                    with self._lock:
-                        self._retry.extendleft(reversed(chunk.solos()))
-                        assignments = self._assign_locked()
-                    self._send(assignments)
+                    self._one_by_one(chunk)
                     continue
-                err = SerializationError(
+                # BrokenProcessPool: what concurrent.futures raises when it cannot unpickle a result.
+                err = SerializationError.like(BrokenProcessPool)(
                     f"the result of item #{chunk.first} cannot be unpickled in the parent "
                     f"({type(exc).__name__}: {exc})",
                     what="result",
@@ -638,6 +677,12 @@ class Scheduler(SchedulerBase):
                 )
                 values, errors = [None], {0: err}
             job.deliver(chunk, values, errors)
+
+    def _one_by_one(self, chunk: Chunk) -> None:
+        with self._lock:
+            self._retry.extendleft(reversed(chunk.solos()))
+            assignments = self._assign_locked()
+        self._send(assignments)
 
     def _unpack_in_place(self, w: Worker, body: bytearray | memoryview, fd: int) -> Any:
         """Results rebuilt on the worker's segment itself; the segment goes back once nothing uses it."""

@@ -12,21 +12,83 @@ while the new pool's fork server is starting (W6).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import pickle
 from collections.abc import Callable, Sequence
-from typing import Any
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, ClassVar
 
 from ._wire import PROTOCOL, loads
 from .errors import RemoteTraceback, SerializationError
 
-__all__ = ["dumps", "dumps_frames", "dumps_function", "find_unpicklable", "loads", "unpack_exception"]
+__all__ = [
+    "dumps",
+    "dumps_frames",
+    "dumps_function",
+    "find_unpicklable",
+    "loads",
+    "name_item",
+    "unloadable_error",
+    "unpack_exception",
+]
+
+
+_PICKLER: Any = None
+
+
+def _pickler() -> Any:
+    """cloudpickle's Pickler, with two changes for code from the user's ``__main__`` (built on first use).
+
+    - Functions whose globals are ``__main__``'s are rebuilt in the worker by ``_wire.main_function``, on one
+      namespace per worker instead of a fresh copy per pickle: the initializer's globals are the tasks' globals.
+    - Code objects keep their real ``co_filename`` (cloudpickle 3.1 writes ``<dynamic-code>``), so remote
+      tracebacks name the user's file and line, and show the source line (linecache reads the file).
+    """
+    global _PICKLER
+    if _PICKLER is None:
+        import types
+        from collections import ChainMap
+
+        import cloudpickle
+
+        from ._wire import main_function, main_function_setstate
+
+        # Absent before cloudpickle 3, which kept co_filename anyway.
+        code_reduce: Any = getattr(cloudpickle.cloudpickle, "_code_reduce", None)
+
+        def reduce_code(code: types.CodeType) -> tuple[Any, ...]:
+            constructor, args = code_reduce(code)
+            # co_filename is the first str among the arguments (after ints, bytes and tuples), whatever the
+            # Python version's argument order.
+            if "<dynamic-code>" in args:
+                args = list(args)
+                args[args.index("<dynamic-code>")] = code.co_filename
+            return constructor, tuple(args)
+
+        table = cloudpickle.Pickler.dispatch_table
+        if code_reduce is not None:
+            # Merged into cloudpickle's own first map, not chained in front of it: the pickler looks up every
+            # non-builtin object's type in this table, and each map of a ChainMap is one more lookup.
+            table = ChainMap({**table.maps[0], types.CodeType: reduce_code}, *table.maps[1:])
+
+        class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+            dispatch_table: ClassVar[ChainMap[Any, Any]] = table
+
+            def _dynamic_function_reduce(self, func: types.FunctionType) -> tuple[Any, ...]:
+                reduced: tuple[Any, ...] = super()._dynamic_function_reduce(func)
+                if func.__globals__.get("__name__") == "__main__":
+                    return (main_function, *reduced[1:5], main_function_setstate)
+                return reduced
+
+        _PICKLER = Pickler
+    return _PICKLER
 
 
 def dumps(obj: object, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None = None) -> bytes:
-    import cloudpickle
-
-    data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=buffer_callback)
-    return data
+    file = io.BytesIO()
+    _pickler()(file, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+    return file.getvalue()
 
 
 class _Frames(list[bytes]):
@@ -51,10 +113,8 @@ def dumps_frames(
     obj: object, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None = None
 ) -> list[bytes]:
     """Like ``dumps``, but returns the pickle in parts whose concatenation is the pickle."""
-    import cloudpickle
-
     frames = _Frames()
-    cloudpickle.Pickler(frames, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+    _pickler()(frames, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
     return frames
 
 
@@ -66,9 +126,11 @@ def dumps_function(fn: object) -> bytes:
     """Pickle the task function once per call; an unpicklable one is reported before anything runs."""
     try:
         return dumps(fn)
-    except Exception as exc:
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
         name = getattr(fn, "__qualname__", None) or type(fn).__name__
-        raise SerializationError(
+        raise SerializationError.like(type(exc))(
             f"the function {name!r} cannot be pickled to send it to the workers ({_describe(exc)}). "
             "Define it at module level, or make the objects it uses picklable.",
             what="function",
@@ -82,9 +144,12 @@ def find_unpicklable(items: Sequence[Any], first_index: int, what: str) -> Seria
     for offset, item in enumerate(items):
         try:
             dumps(item)
-        except Exception as exc:
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             index = first_index + offset
-            return SerializationError(
+            # The pickling error's own type, as multiprocessing and concurrent.futures give it to the caller.
+            return SerializationError.like(type(exc))(
                 f"{what} #{index} of type {type(item).__qualname__} cannot be pickled "
                 f"({_describe(exc)}). Pass picklable values, or build the object inside the task.",
                 what=what,
@@ -98,8 +163,11 @@ def find_unpicklable(items: Sequence[Any], first_index: int, what: str) -> Seria
 def unpack_exception(blob: bytes | bytearray | memoryview) -> BaseException:
     try:
         _, error, tb = loads(blob)
-    except Exception as exc:
-        return SerializationError(
+    except BaseException as exc:  # even SystemExit from a __reduce__: the item's error, not this thread's
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        # BrokenProcessPool: what concurrent.futures raises when it cannot unpickle what a worker sent.
+        return SerializationError.like(BrokenProcessPool)(
             f"a task raised an exception that cannot be unpickled in the parent ({_describe(exc)})",
             what="exception",
             detail=str(exc),
@@ -108,3 +176,33 @@ def unpack_exception(blob: bytes | bytearray | memoryview) -> BaseException:
     if not isinstance(error, SerializationError):
         error.__cause__ = RemoteTraceback(tb)
     return error
+
+
+def unloadable_error(index: int, what: str, text: str) -> SerializationError:
+    """An item whose argument (``text``: the worker's traceback of the failure) did not unpickle in the worker.
+
+    A ``BrokenProcessPool`` too, as ``concurrent.futures`` raises there; the worker itself lives on.
+    """
+    last = text.rstrip().rsplit("\n", 1)[-1]
+    return SerializationError.like(BrokenProcessPool)(
+        f"{what} #{index} cannot be unpickled in the worker ({last}). Pass values that unpickle in a fresh "
+        f"process. The worker's traceback:\n{text}",
+        what=what,
+        index=index,
+        detail=text,
+    )
+
+
+def name_item(error: BaseException, index: int) -> None:
+    """Add a note naming the failed item of a map to its exception, without changing its type or message."""
+    if isinstance(error, SerializationError):
+        if error.index is not None:
+            return  # its message names the item already
+        error.index = index
+    note = f"manycore: raised by item #{index} of the map"
+    # An exception type that refuses attributes keeps its message only.
+    with contextlib.suppress(Exception):
+        if hasattr(error, "add_note"):  # 3.11+
+            error.add_note(note)
+        else:  # 3.10: the attribute that 3.11 shows; readable by code that looks for it
+            error.__notes__ = [*getattr(error, "__notes__", ()), note]  # type: ignore[attr-defined]

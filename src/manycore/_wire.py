@@ -46,6 +46,50 @@ def dumps(obj: object) -> bytes:
         return data
 
 
+# The worker's namespace for code from the user's ``__main__``, which arrives by value (see ``_serialize``):
+# every such function is rebuilt on this one dict, so a global set by the initializer or by a task is seen by
+# all later tasks of this worker, as the names of an imported module are.
+MAIN_GLOBALS: dict[str, Any] = {}
+# For each name, the object the parent last sent for it. The worker's code owns a name it has rebound since.
+_SENT: dict[str, Any] = {}
+
+
+def main_function(code: Any, base_globals: dict[str, Any], name: Any, argdefs: Any, closure: Any) -> Any:
+    """Rebuild a function of the parent's ``__main__`` on this worker's one ``__main__`` namespace."""
+    if not MAIN_GLOBALS:
+        import builtins
+
+        MAIN_GLOBALS.update(base_globals)  # __name__, __file__, ...: what cloudpickle sends for imports
+        MAIN_GLOBALS["__builtins__"] = builtins
+    function: Any = type(main_function)  # types.FunctionType, without importing types
+    return function(code, MAIN_GLOBALS, name, argdefs, closure)
+
+
+def main_function_setstate(func: Any, state: Any) -> None:
+    """Merge the globals the parent sent with this worker's namespace, then let cloudpickle set the rest.
+
+    A name takes the parent's value unless the worker's own code (the initializer, a task) has rebound it
+    since the parent last sent it: the worker's state lives on, as in a module imported once, while a
+    definition the parent changed (a notebook cell run again) still reaches the worker.
+    """
+    try:
+        from cloudpickle.cloudpickle import _function_setstate  # type: ignore[import-untyped]
+    except ImportError:  # cloudpickle 2.x
+        from cloudpickle.cloudpickle_fast import _function_setstate  # type: ignore[import-untyped]
+
+    attrs, slots = state
+    sent = slots.pop("__globals__")
+    ns = func.__globals__
+    for key, value in sent.items():
+        if key not in ns or (key in _SENT and ns[key] is _SENT[key]):
+            ns[key] = value
+            _SENT[key] = value
+        else:
+            _SENT.pop(key, None)  # the worker's own from now on
+    slots["__globals__"] = {}
+    _function_setstate(func, (attrs, slots))
+
+
 def pack_exception(exc: BaseException, index: int | None) -> bytes:
     """Pickle a task's exception with its worker traceback text; fall back to a description of it."""
     import traceback
@@ -57,13 +101,13 @@ def pack_exception(exc: BaseException, index: int | None) -> bytes:
         # it passes to Exception): check here, where its type, message and traceback are still known.
         pickle.loads(blob)
         return blob
-    except Exception as pickling_exc:
+    except BaseException as pickling_exc:  # even SystemExit from a __reduce__: this item's error, not ours
         from .errors import SerializationError
 
         return dumps(
             (
                 "exc",
-                SerializationError(
+                SerializationError.like(type(pickling_exc))(
                     f"item #{index}: the task raised {type(exc).__qualname__}: {exc}, and that exception cannot be "
                     f"pickled back to the parent ({type(pickling_exc).__name__}: {pickling_exc}). Its traceback:\n{tb}",
                     what="exception",
@@ -82,7 +126,7 @@ def unpicklable_result(value: Any, index: int, exc: BaseException) -> bytes:
     return dumps(
         (
             "exc",
-            SerializationError(
+            SerializationError.like(type(exc))(
                 f"item #{index}: the result of type {type(value).__qualname__} cannot be pickled to send it back "
                 f"({type(exc).__name__}: {exc}). Return picklable values (plain data, arrays).",
                 what="result",

@@ -46,8 +46,9 @@ FUNCTION_CACHE = 1024
 # Flag bits. Task frames: b = fn_len << 2 | OUT_OF_BAND | TRACK_ITEMS.
 TRACK_ITEMS, OUT_OF_BAND = 1, 2
 # RESULT frames: b = PARTIAL (some items carry an error) | OUT_OF_BAND | INPUT_KEPT (the task kept a view
-# of its input segment, which the parent must then not reuse).
-PARTIAL, INPUT_KEPT = 1, 4
+# of its input segment, which the parent must then not reuse) | UNLOADABLE (the chunk's items could not be
+# unpickled here: the body is the text of that error, and nothing ran).
+PARTIAL, INPUT_KEPT, UNLOADABLE = 1, 4, 8
 
 
 class _ParentDeathSignal:
@@ -108,7 +109,7 @@ def _pack_values(values: list[Any], errors: dict[int, bytes], first: int) -> tup
     if not errors:
         try:
             return 0, dumps(values)
-        except Exception:
+        except BaseException:  # even SystemExit from a __reduce__: found and reported item by item below
             pass
     # Some value does not pickle (or some item failed): send the good values and an error for each bad one.
     good: list[Any] = []
@@ -119,7 +120,7 @@ def _pack_values(values: list[Any], errors: dict[int, bytes], first: int) -> tup
         try:
             dumps(value)
             good.append(value)
-        except Exception as exc:
+        except BaseException as exc:
             errors[offset] = unpicklable_result(value, first + offset, exc)
             good.append(None)
     return PARTIAL, dumps((good, errors))
@@ -139,7 +140,7 @@ def _pack_results(
         payload = None
         try:  # noqa: SIM105 (no contextlib in workers)
             payload = pickle.dumps(values, protocol=5, buffer_callback=collector)
-        except Exception:
+        except BaseException:
             pass  # e.g. a memoryview, which plain pickle refuses: the wrapped form below handles it
         if payload is None or (
             len(payload) >= threshold and len(values) <= _shm.SCAN_ITEMS and _shm.has_large(values, threshold)
@@ -150,7 +151,7 @@ def _pack_results(
                 payload = pickle.dumps(
                     _shm.wrap_large(values, threshold), protocol=5, buffer_callback=collector
                 )
-            except Exception:
+            except BaseException:
                 payload = None
         if payload is not None:
             if not collector.buffers:
@@ -264,6 +265,32 @@ class _Tracker:
         STATUS.pack_into(self.page, 0, self.chunk_id, offset, time.monotonic_ns())
 
 
+def _unloadable_text(exc: BaseException) -> str:
+    """What failed while unpickling a task's function or arguments, with where it failed."""
+    import traceback
+
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+class _Unloadable:
+    """Stands for a task function that did not unpickle here: every item it is called for fails, saying why."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __call__(self, *args: object, **kwargs: object) -> None:
+        from concurrent.futures.process import BrokenProcessPool
+
+        from .errors import SerializationError
+
+        last = self.text.rstrip().rsplit("\n", 1)[-1]
+        raise SerializationError.like(BrokenProcessPool)(
+            f"the task function cannot be unpickled in the worker ({last}). Its traceback:\n{self.text}",
+            what="function",
+            detail=self.text,
+        )
+
+
 def serve(sock: socket.socket, page: mmap.mmap) -> None:
     """The worker loop. Returns when the parent says stop, goes away, or the task budget is spent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -303,18 +330,30 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
         fn_len, track, oob = frame.b >> 2, frame.b & TRACK_ITEMS, frame.b & OUT_OF_BAND
         body = memoryview(frame.body)
         if fn_len:
-            functions[frame.a] = loads(body[:fn_len])
+            try:
+                functions[frame.a] = loads(body[:fn_len])
+            except BaseException as exc:  # even SystemExit from a __reduce__: each item's error, not ours
+                functions[frame.a] = _Unloadable(_unloadable_text(exc))
             if len(functions) > FUNCTION_CACHE:
                 del functions[next(iter(functions))]
         fn = functions[frame.a]
         # Written before unpickling, so a worker that dies even there is known to have been on this chunk.
         STATUS.pack_into(page, 0, frame.chunk_id, 0, time.monotonic_ns())
         started = time.perf_counter_ns()
-        if oob:
-            (first, data), mapping, views = _shm.unpack(body[fn_len:], reader.fds.popleft())
-        else:
-            first, data = loads(body[fn_len:])
-            reader.recycle(frame.body)  # unpickling copied everything out of it
+        try:
+            if oob:
+                (first, data), mapping, views = _shm.unpack(body[fn_len:], reader.fds.popleft())
+            else:
+                first, data = loads(body[fn_len:])
+                reader.recycle(frame.body)  # unpickling copied everything out of it
+        except BaseException as exc:
+            # Nothing ran: the parent makes this the error of the item that does not unpickle (it sends a
+            # chunk of several items again one by one to find it). A failed unpack may have left views of
+            # the input segment alive, so the parent must not reuse it.
+            STATUS.pack_into(page, 0, 0, 0, 0)
+            status = UNLOADABLE | (INPUT_KEPT if oob else 0)
+            ch.send_frame(sock, ch.RESULT, frame.chunk_id, 0, status, dumps(_unloadable_text(exc)))
+            continue
         tracker = _Tracker(page, frame.chunk_id) if track else None
         if frame.kind == ch.CALL:
             args, kwargs = data[0]

@@ -5,7 +5,8 @@ The hierarchy::
     ManycoreError
      ├── WorkerLostError        (also concurrent.futures.process.BrokenProcessPool)
      ├── TaskTimeoutError       (also multiprocessing.TimeoutError, hence TimeoutError on 3.11+)
-     ├── SerializationError     (also multiprocessing.pool.MaybeEncodingError)
+     ├── SerializationError     (also multiprocessing.pool.MaybeEncodingError, and the standard type raised
+     │                           there: the pickling error's own type, or BrokenProcessPool; see ``like``)
      ├── InitializerError       (also BrokenProcessPool: no worker can start)
      └── PoolClosedError        (also ValueError, as multiprocessing.Pool raises after close())
 
@@ -97,6 +98,9 @@ class SerializationError(ManycoreError, multiprocessing.pool.MaybeEncodingError)
     that could not travel, its original type, message and traceback text).
     """
 
+    # The standard exception type this error also is (see ``like``); None for SerializationError itself.
+    _like: type[BaseException] | None = None
+
     def __init__(
         self, message: str, *, what: str = "", index: int | None = None, type_name: str = "", detail: str = ""
     ) -> None:
@@ -108,15 +112,46 @@ class SerializationError(ManycoreError, multiprocessing.pool.MaybeEncodingError)
         self.index = index
         self.type_name = type_name
         self.detail = detail
+        if isinstance(self, SystemExit):
+            # Uncaught, a SystemExit whose code is a str prints it and exits with status 1, not silently 0.
+            self.code = message
 
     def __str__(self) -> str:
         return str(self.args[0])
 
     def __repr__(self) -> str:
-        return f"SerializationError({self.args[0]!r})"
+        return f"{type(self).__name__}({self.args[0]!r})"
 
     def __reduce__(self) -> tuple[object, ...]:
+        if self._like is not None:
+            return (_rebuild_like, (self._like, self.args, self.__dict__))
         return (_rebuild, (type(self), self.args, self.__dict__))
+
+    @classmethod
+    def like(cls, base: type[BaseException] | None) -> type[SerializationError]:
+        """The subclass of SerializationError that is also a ``base``: what the standard library raises there.
+
+        ``multiprocessing`` and ``concurrent.futures`` give the caller the pickling error itself (a
+        ``PicklingError``, a ``TypeError``, whatever a ``__reduce__`` raised) or ``BrokenProcessPool``; an
+        instance of ``SerializationError.like(type(exc))`` is caught both by that code and by ``except
+        SerializationError``. Falls back to SerializationError where the two cannot be combined.
+        """
+        if base is None or issubclass(cls, base):
+            return cls
+        if issubclass(base, SerializationError):
+            return base
+        mixed = _MIXED.get(base)
+        if mixed is None:
+            name = f"SerializationError[{base.__name__}]"
+            try:
+                mixed = type(name, (SerializationError, base), {"__qualname__": name, "_like": base})
+            except TypeError:  # e.g. two exception types with different C layouts
+                mixed = SerializationError
+            mixed = _MIXED.setdefault(base, mixed)
+        return mixed
+
+
+_MIXED: dict[type[BaseException], type[SerializationError]] = {}
 
 
 class InitializerError(ManycoreError, BrokenProcessPool):
@@ -132,3 +167,9 @@ def _rebuild(cls: type[BaseException], args: tuple[object, ...], state: dict[str
     exc.args = args
     exc.__dict__.update(state)
     return exc
+
+
+def _rebuild_like(
+    base: type[BaseException], args: tuple[object, ...], state: dict[str, object]
+) -> BaseException:
+    return _rebuild(SerializationError.like(base), args, state)
