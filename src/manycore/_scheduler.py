@@ -671,7 +671,7 @@ class Scheduler(SchedulerBase):
             # Larger socket buffers mean fewer partial sends, wakeups and flushes when chunks are large
             # (the kernel caps the request at net.core.wmem_max).
             end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-        status_fd = os.memfd_create("manycore-status", 0)
+        status_fd = os.memfd_create("manycore-status", os.MFD_CLOEXEC)
         try:
             os.ftruncate(status_fd, STATUS_SIZE)
             page = mmap.mmap(status_fd, STATUS_SIZE)

@@ -353,6 +353,11 @@ def run_in_child(sock_fd: int, status_fd: int) -> None:
     """Entry point in a freshly forked or spawned worker: map the status page, serve, exit hard."""
     code = 0
     try:
+        # A spawned worker gets both through pass_fds, which makes them inheritable: a program that a task
+        # starts without closing descriptors (os.system, close_fds=False) would hold the socket, could write
+        # frames the parent unpickles, and would hide this worker's death from the parent while it lived.
+        os.set_inheritable(sock_fd, False)
+        os.set_inheritable(status_fd, False)
         sock = socket.socket(fileno=sock_fd)
         sock.setblocking(True)
         page = mmap.mmap(status_fd, STATUS_SIZE)
