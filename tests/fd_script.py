@@ -86,7 +86,9 @@ def held_results(method: str, count: str, size: str) -> None:
             ok=ok,
             fds=[fds_before, fds_after],
             maps=[maps_before, maps_after],
-            worker_fds=[len(os.listdir(f"/proc/{p.pid}/fd")) for p in psutil.Process().children(recursive=True)],
+            worker_fds=[
+                len(os.listdir(f"/proc/{p.pid}/fd")) for p in psutil.Process().children(recursive=True)
+            ],
         )
 
 

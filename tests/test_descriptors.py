@@ -14,11 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+import fd_tasks
 import manycore
 from manycore._options import cpu_count
 from manycore.errors import WorkerLostError
-
-import fd_tasks
 
 HERE = Path(__file__).parent
 SCRIPT = HERE / "fd_script.py"
@@ -27,10 +26,17 @@ SCRIPT = HERE / "fd_script.py"
 def run_script(*args: str, timeout: float = 90, cwd: Path | None = None) -> dict[str, object]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd,
     )
     assert done.returncode == 0, done.stderr
-    return {k: v for line in done.stdout.splitlines() if line.startswith("{") for k, v in json.loads(line).items()}
+    return {
+        k: v for line in done.stdout.splitlines() if line.startswith("{") for k, v in json.loads(line).items()
+    }
 
 
 def gone(pids: list[int], timeout: float = 20.0) -> list[int]:
@@ -137,6 +143,8 @@ def test_pool_dies_with_parent_while_forked_child_lives(start_method: str) -> No
     finally:
         proc.kill()
         proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
         if child is not None:
             os.kill(child, signal.SIGKILL)
 

@@ -67,6 +67,9 @@ class Launcher:
     def close(self) -> None:
         pass
 
+    def forget(self) -> None:
+        """In a child of ``os.fork()``: drop this process's copies of the launcher's descriptors, stop nothing."""
+
 
 class ForkLauncher(Launcher):
     def __init__(self, env: dict[str, str] | None = None) -> None:
@@ -184,6 +187,11 @@ class ForkServerLauncher(Launcher):
 
     def poll(self, pid: int) -> int | None:
         return self.exits.pop(pid, None) if self.control_fd is not None else self.exits.pop(pid, -9)
+
+    def forget(self) -> None:
+        # The fork server must see EOF when the parent goes, whatever this child does.
+        self._ctrl.close()
+        self.control_fd = None
 
     def close(self) -> None:
         # Closing the control socket is the zygote's signal to kill any worker left and exit; once it has

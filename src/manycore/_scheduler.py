@@ -187,7 +187,19 @@ def _terminate_all() -> None:
     # The supervisor is a daemon thread only so that a forgotten pool cannot block interpreter exit;
     # this hook, not the daemon flag, is what stops its workers.
     for scheduler in list(_live):
-        scheduler.terminate()
+        if scheduler.owner_pid == os.getpid():
+            scheduler.terminate()
+
+
+def _after_fork_in_child() -> None:
+    # A child of os.fork() in the user's program, or a worker forked from it (start_method="fork"): every pool
+    # here belongs to the parent, whose workers this process must neither use, stop nor keep alive.
+    for scheduler in list(_live):
+        scheduler._forked_away()
+    _live.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Scheduler(SchedulerBase):
@@ -206,6 +218,7 @@ class Scheduler(SchedulerBase):
         worker_env: dict[str, str] | None = None,
     ) -> None:
         super().__init__(processes)
+        self.owner_pid = os.getpid()  # a child of os.fork() holds a copy of this object: see _forked_away
         self.start_method = start_method
         self.zero_copy_threshold = zero_copy_threshold
         self._broadcasts: dict[int, Broadcast[Any]] = {}
@@ -250,6 +263,38 @@ class Scheduler(SchedulerBase):
         _live.add(self)
         self._thread.start()
 
+    def _forked_away(self) -> None:
+        """In a child of ``os.fork()``: let go of the parent's pool without touching its workers.
+
+        The child's copies of the parent's descriptors are closed: held open here, the fork server's control
+        socket would keep the fork server and the workers alive after the parent died, and a worker socket
+        would hide that worker's death. Locks are replaced (another thread of the parent may have held one at
+        the fork), and any use of the pool fails at once with an error that says what to do.
+        """
+        for w in [*self._workers.values(), *self._lost]:
+            with contextlib.suppress(OSError):
+                w.channel.sock.close()
+            for chunk in w.inflight.values():
+                if chunk.segment is not None:
+                    chunk.segment.close()
+        self._launcher.forget()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+        with contextlib.suppress(OSError):
+            self._selector.close()
+        self._segments.forget()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._wake_lock = threading.Lock()
+        self.broken = PoolClosedError(
+            f"this pool belongs to process {self.owner_pid}, and this process is a child it forked "
+            "(os.fork()): a pool's workers serve only the process that created it; create a new pool in the child"
+        )
+        self._stopped = threading.Event()
+        self._stopped.set()
+
     # ---- called by the API layer -------------------------------------------------------------------------
 
     def _submitted(self, job: Job) -> None:
@@ -264,6 +309,8 @@ class Scheduler(SchedulerBase):
 
     def terminate(self) -> None:
         """Kill every worker now; unfinished jobs fail with PoolClosedError. Never blocks for long."""
+        if self.owner_pid != os.getpid():
+            return  # the workers are the parent's (os.fork() in the user's program)
         with self._lock:
             jobs = self._terminate_locked()
             if jobs is None:

@@ -379,6 +379,14 @@ class SegmentPool:
                 total -= victim.size
                 victim.close()
 
+    def forget(self) -> None:
+        """In a child of ``os.fork()``: close the pooled segments without the lock (a parent's thread may hold it)."""
+        for segment in self._free:
+            segment.close()
+        self._free.clear()
+        self._closed = True
+        self._lock = _NoLock()
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
