@@ -92,10 +92,29 @@ def held_results(method: str, count: str, size: str) -> None:
         )
 
 
+def segment_at_limit() -> None:
+    """Use up RLIMIT_NOFILE, then ask for a shared-memory segment: the error names the limit."""
+    from manycore import _shm
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    held = []
+    try:
+        while True:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    try:
+        _shm.Segment(1 << 20)
+        report(error=None)
+    except OSError as exc:
+        report(error=str(exc), errno=exc.errno)
+
+
 if __name__ == "__main__":
     scenario, *args = sys.argv[1:]
     {
         "fork_child_uses_pool": fork_child_uses_pool,
         "fork_child_outlives_parent": fork_child_outlives_parent,
         "held_results": held_results,
+        "segment_at_limit": segment_at_limit,
     }[scenario](*args)

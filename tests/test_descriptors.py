@@ -165,6 +165,12 @@ def test_held_results_under_low_nofile_limit(start_method: str) -> None:
     assert max(out["worker_fds"]) < 200, out
 
 
+def test_out_of_descriptors_error_names_the_limit() -> None:
+    out = run_script("segment_at_limit")
+    assert out["errno"] == 24  # EMFILE
+    assert "RLIMIT_NOFILE soft limit 64" in str(out["error"]) and "ulimit -n" in str(out["error"])
+
+
 # ---- 4. the current directory is not on a new interpreter's sys.path ---------------------------------------
 
 

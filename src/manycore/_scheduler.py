@@ -72,6 +72,12 @@ START_FAILURES_LIMIT = 5  # consecutive workers dying before READY: the pool can
 EXIT_CODE_GRACE = 2.0  # seconds to wait for a lost worker's exit code before reporting without it
 DYING_LIMIT = 30.0  # ... and for one visibly exiting, whose exit code is sure to come (see _dying)
 SOCKET_BUFFER = 4 << 20
+# Result segments the user may hold mapped at once, per pool. Each costs the parent a mapping (and, before
+# Python 3.13, a descriptor) and its worker a segment it may not reuse (two descriptors): results beyond this
+# are copied out of their segment, which then goes straight back. 20,000 results held, each in its own
+# segment, would otherwise need 20,000 descriptors here and 40,000 in the workers (RLIMIT_NOFILE is often
+# 1,024), and as many mappings (vm.max_map_count is 65,530).
+MAX_MAPPED_RESULTS = 64
 
 
 READ = select.EPOLLIN
@@ -224,6 +230,8 @@ class Scheduler(SchedulerBase):
         self._broadcasts: dict[int, Broadcast[Any]] = {}
         self._segments = _shm.SegmentPool()
         self._freed: deque[tuple[ch.ParentChannel, int]] = deque()  # result segments to hand back
+        self._mapped: set[int] = set()  # result segments the user still holds mapped (see MAX_MAPPED_RESULTS)
+        self._mapping_ids = itertools.count()
         self._max_tasks = max_tasks_per_worker or 0
         self._cids = itertools.count(1)
         self._wids = itertools.count(1)
@@ -689,6 +697,12 @@ class Scheduler(SchedulerBase):
     def _unpack_in_place(self, w: Worker, body: bytearray | memoryview, fd: int) -> Any:
         """Results rebuilt on the worker's segment itself; the segment goes back once nothing uses it."""
         sid = _shm.segment_id(body)
+        if len(self._mapped) >= MAX_MAPPED_RESULTS:
+            # Enough results held in place: this one is copied, and its segment is free again at once.
+            try:
+                return _shm.unpack(memoryview(body), fd, copy=True)[0]
+            finally:
+                w.channel.send(ch.SEGMENT_FREE, sid, 0, 0)
         mapping = None
         views: list[memoryview] = []
         try:
@@ -699,8 +713,12 @@ class Scheduler(SchedulerBase):
             elif mapping is not None:
                 # The mapping lives as long as the arrays on it; when it goes, the worker may reuse the segment.
                 # The finalizer may run in any thread, even inside a lock of ours (a garbage collection): it
-                # only appends, and the next send or poll passes the news on.
-                weakref.finalize(mapping, self._freed.append, (w.channel, sid)).atexit = False
+                # only appends and discards (each atomic), and the next send or poll passes the news on.
+                key = next(self._mapping_ids)
+                self._mapped.add(key)
+                weakref.finalize(
+                    mapping, _unmapped, self._mapped, key, self._freed, (w.channel, sid)
+                ).atexit = False
         return values
 
     def _send_freed(self) -> None:
@@ -945,6 +963,17 @@ class Scheduler(SchedulerBase):
             if time.monotonic() > deadline:
                 w.kill()
             time.sleep(0.001)
+
+
+def _unmapped(
+    mapped: set[int],
+    key: int,
+    freed: deque[tuple[ch.ParentChannel, int]],
+    segment: tuple[ch.ParentChannel, int],
+) -> None:
+    # A function, not a method: the finalizer must not keep the scheduler alive for as long as results live.
+    mapped.discard(key)
+    freed.append(segment)
 
 
 def _hurry_exit(pid: int) -> None:

@@ -155,8 +155,15 @@ def _pack_results(
         if payload is not None:
             if not collector.buffers:
                 return 0, payload, None
-            segment = _RESULT_SEGMENTS.acquire(_shm.layout_size(collector.buffers))
-            return OUT_OF_BAND, _shm.pack([payload], collector.buffers, segment), segment
+            try:
+                segment = _RESULT_SEGMENTS.acquire(_shm.layout_size(collector.buffers))
+            except OSError as exc:
+                # Out of descriptors or mappings (the user's own files count too): the results still
+                # travel, in the pickle; the message says which limit, for the worker's stderr.
+                sys.stderr.write(f"manycore worker: results sent without shared memory: {exc}\n")
+                segment = None
+            if segment is not None:
+                return OUT_OF_BAND, _shm.pack([payload], collector.buffers, segment), segment
     status, blob = _pack_values(values, errors, first)
     return status, blob, None
 
