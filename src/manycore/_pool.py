@@ -46,6 +46,9 @@ class Pool:
     ...     pool.map(square, [1, 2, 3, 4, 5])
     [1, 4, 9, 16, 25]
 
+    ``processes`` defaults to the cores this process may use; in a manycore worker (a pool created by a task),
+    to that worker's share: cores // processes of the worker's pool, at least 1.
+
     Parameters beyond the standard ones (keyword-only):
 
     - ``start_method``: ``"forkserver"`` (default on Linux), ``"fork"`` or ``"spawn"``; ``context`` (a
