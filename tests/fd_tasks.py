@@ -79,3 +79,10 @@ def nested_pool_size(_: object) -> int:
 
     with manycore.Pool() as inner:
         return int(inner._processes)
+
+
+def big_result(i: int) -> object:
+    """A 1 MiB array: it comes back through a shared-memory segment."""
+    import numpy
+
+    return numpy.full(1 << 17, i, dtype=numpy.int64)

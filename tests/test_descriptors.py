@@ -89,6 +89,26 @@ def test_program_started_by_task_inherits_nothing(
 
 
 @pytest.mark.timeout(90)
+def test_program_started_by_parent_inherits_nothing(
+    start_method: str, tmp_path: Path, no_leftover_processes: None
+) -> None:
+    pytest.importorskip("numpy")
+    report, marker = tmp_path / "fds.json", tmp_path / "forged"
+    foreign = set(inheritable_targets().values())
+    with manycore.Pool(2, start_method=start_method) as pool:
+        # Results held on shared-memory segments, and the workers busy, while the parent starts a program.
+        held = pool.starmap(fd_tasks.big_result, [(i,) for i in range(4)])
+        busy = pool.map_async(time.sleep, [0.2] * 4, chunksize=1)
+        fd_tasks.start_lister("popen", str(report), str(marker))
+        busy.get(timeout=60)
+        assert [int(a[0]) for a in held] == [0, 1, 2, 3]
+    inherited = json.loads(report.read_text())
+    kinds = ("socket:", "/memfd:", "pipe:", "anon_inode:")
+    assert {fd: t for fd, t in inherited.items() if t.startswith(kinds) and t not in foreign} == {}
+    assert not marker.exists()
+
+
+@pytest.mark.timeout(90)
 def test_worker_death_seen_while_its_grandchild_lives(
     start_method: str, tmp_path: Path, no_leftover_processes: None
 ) -> None:

@@ -18,7 +18,9 @@ the parent: there is nothing in ``/dev/shm`` to leak. A segment's fd travels wit
   Not copying matters because fresh memory is what big results cost: on the VMs we measure on, a fresh page
   costs ~10 us to fault in (0.5 GB/s), so filling 512 MiB of new results is ~1 s wherever it happens. A
   parent-side copy puts all of it in the parent, one core; here each worker faults in its own results, in
-  parallel (W4b: 1.2 GB/s from a cold start against 0.5 with the copy, 2 workers).
+  parallel (W4b: 1.2 GB/s from a cold start against 0.5 with the copy, 2 workers). Only a bounded number
+  of results stay on their segments (``_scheduler.MAX_MAPPED_RESULTS``): each costs descriptors and a
+  mapping, and a process has a few hundred of one and 65,530 of the other. Later ones are copied out.
 - Broadcasts (``Pool.broadcast``): one read-only segment mapped by every worker, cached until released.
 """
 
