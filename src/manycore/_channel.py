@@ -24,6 +24,9 @@ MAP, STARMAP, CALL, STOP, BROADCAST, RELEASE, SEGMENT_FREE = 1, 2, 3, 4, 5, 6, 7
 READY, RESULT, INIT_FAILED = 11, 12, 13
 
 RECYCLE_MAX = 16 << 20  # a recycled frame body is kept up to this size
+# Descriptors that arrive with a frame are close-on-exec from the first moment: a program that a task or the
+# user's process starts (os.system, subprocess with close_fds=False) must not inherit a segment.
+RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 MAX_FDS = 16  # file descriptors one recvmsg can take (shared-memory segments travel as memfds)
 
 
@@ -184,7 +187,7 @@ class FrameReader:
 
     def _recv_into(self, view: memoryview) -> int:
         # recvmsg, not recv: plain recv would silently drop the file descriptors that frames carry.
-        n, ancdata, _, _ = self._sock.recvmsg_into([view], socket.CMSG_SPACE(MAX_FDS * 4))
+        n, ancdata, _, _ = self._sock.recvmsg_into([view], socket.CMSG_SPACE(MAX_FDS * 4), RECV_FLAGS)
         for level, kind, data in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds = array.array("i")

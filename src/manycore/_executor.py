@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -138,7 +139,7 @@ class Executor(concurrent.futures.Executor):
 
     def __del__(self) -> None:
         scheduler = getattr(self, "_scheduler", None)
-        if scheduler is not None:
+        if scheduler is not None and getattr(scheduler, "owner_pid", None) in (None, os.getpid()):
             scheduler.terminate()
 
 

@@ -15,7 +15,6 @@ an ``if __name__ == "__main__":`` guard work with every method.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import subprocess
@@ -30,6 +29,17 @@ START_METHODS = ("forkserver", "fork", "spawn")
 
 def default_start_method() -> str:
     return "forkserver" if sys.platform.startswith("linux") else "spawn"
+
+
+def _clean_path(path: list[str]) -> str:
+    """Source that gives a new interpreter (``python -c``) the parent's ``sys.path`` before it imports anything.
+
+    ``-c`` puts the current directory first on ``sys.path``, so a ``struct.py`` or ``json.py`` in the
+    directory the user runs from would run in the fork server or a spawned worker at its first import; ``-P``
+    (which leaves it out) exists only from Python 3.11. ``sys`` is built in, so importing it reads no file.
+    The paths travel as a literal: nothing may be imported to decode them.
+    """
+    return f"import sys; sys.path[:] = {path!r}; "
 
 
 class Launcher:
@@ -56,6 +66,9 @@ class Launcher:
 
     def close(self) -> None:
         pass
+
+    def forget(self) -> None:
+        """In a child of ``os.fork()``: drop this process's copies of the launcher's descriptors, stop nothing."""
 
 
 class ForkLauncher(Launcher):
@@ -101,9 +114,11 @@ class SpawnLauncher(Launcher):
     def start(
         self, wid: int, child: socket.socket, status_fd: int, close_in_child: Iterable[int]
     ) -> int | None:
+        # sys.path is set before any import: ``python -c`` puts the current directory first on it, and a
+        # struct.py or json.py there would otherwise run in the worker (see ``_clean_path``).
         code = (
-            f"from manycore._worker import spawn_main; "
-            f"spawn_main({child.fileno()}, {status_fd}, {json.dumps(sys.path)}, {json.dumps(self._preload)})"
+            f"{_clean_path(sys.path)}from manycore._worker import spawn_main; "
+            f"spawn_main({child.fileno()}, {status_fd}, sys.path[:], {self._preload!r})"
         )
         proc = subprocess.Popen(
             [sys.executable, "-c", code], pass_fds=(child.fileno(), status_fd), env=self._env
@@ -126,18 +141,11 @@ class ForkServerLauncher(Launcher):
         super().__init__()
         self._ctrl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         code = (
-            "from manycore._zygote import main; import sys, json, os; "
-            "main(int(sys.argv[1]), *map(json.loads, sys.argv[2:])); os._exit(0)"
+            f"{_clean_path(sys.path)}from manycore._zygote import main; import os; "
+            f"main(int(sys.argv[1]), sys.path[:], {preload or []!r}); os._exit(0)"
         )
         self._proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                code,
-                str(theirs.fileno()),
-                json.dumps(sys.path),
-                json.dumps(preload or []),
-            ],
+            [sys.executable, "-c", code, str(theirs.fileno())],
             env={**os.environ, **(env or {})},
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
@@ -179,6 +187,11 @@ class ForkServerLauncher(Launcher):
 
     def poll(self, pid: int) -> int | None:
         return self.exits.pop(pid, None) if self.control_fd is not None else self.exits.pop(pid, -9)
+
+    def forget(self) -> None:
+        # The fork server must see EOF when the parent goes, whatever this child does.
+        self._ctrl.close()
+        self.control_fd = None
 
     def close(self) -> None:
         # Closing the control socket is the zygote's signal to kill any worker left and exit; once it has

@@ -12,12 +12,25 @@ OnError = Literal["raise", "return"]
 Chunksize = int | Literal["auto"] | None
 
 
+#: Set in every worker to its share of the cores (cores // processes of its pool, at least 1), so that a pool
+#: created inside a task (or by a program the task starts) defaults to that share, not to every core: N
+#: workers each starting N workers would run N x N processes on N cores.
+CPU_SHARE_VARIABLE = "MANYCORE_CPU_SHARE"
+
+
 def cpu_count() -> int:
-    """Cores this process may run on (CPU affinity and container limits respected where the OS tells)."""
+    """Cores this process may run on (CPU affinity and container limits respected where the OS tells).
+
+    Inside a manycore worker: that worker's share of its pool's cores (``MANYCORE_CPU_SHARE``).
+    """
     try:
-        return len(os.sched_getaffinity(0)) or 1
+        count = len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        count = os.cpu_count() or 1
+    share = os.environ.get(CPU_SHARE_VARIABLE, "")
+    if share.isdigit() and int(share) >= 1:
+        count = min(count, int(share))
+    return count
 
 
 def processes(value: object, name: str = "processes") -> int:
@@ -141,7 +154,7 @@ def make_scheduler(
             max_memory_per_worker=max_tasks(memory_limit, "max_memory_per_worker"),
             start_method=start_method(method, context),
             zero_copy_threshold=zero_copy_threshold(threshold),
-            worker_env=blas_env(blas_threads, n),
+            worker_env={**blas_env(blas_threads, n), CPU_SHARE_VARIABLE: str(max(1, cpu_count() // n))},
         )
     from . import backends
     from ._engine import EngineScheduler

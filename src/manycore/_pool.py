@@ -8,6 +8,7 @@ workers; extra keyword options (``progress``, ``on_error``, ``retries``, ``task_
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from types import TracebackType
@@ -44,6 +45,9 @@ class Pool:
     >>> with manycore.Pool(processes=2) as pool:
     ...     pool.map(square, [1, 2, 3, 4, 5])
     [1, 4, 9, 16, 25]
+
+    ``processes`` defaults to the cores this process may use; in a manycore worker (a pool created by a task),
+    to that worker's share: cores // processes of the worker's pool, at least 1.
 
     Parameters beyond the standard ones (keyword-only):
 
@@ -135,7 +139,12 @@ class Pool:
 
     def __del__(self) -> None:
         scheduler = getattr(self, "_scheduler", None)
-        if scheduler is not None and scheduler.state is State.RUNNING:
+        # Not in a child of os.fork(): the pool and its workers are the parent's.
+        if (
+            scheduler is not None
+            and scheduler.state is State.RUNNING
+            and getattr(scheduler, "owner_pid", None) in (None, os.getpid())
+        ):
             warnings.warn(
                 f"unclosed running manycore pool {self!r}", ResourceWarning, source=self, stacklevel=1
             )

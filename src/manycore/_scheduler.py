@@ -82,6 +82,12 @@ START_FAILURES_LIMIT = 5  # consecutive workers dying before READY: the pool can
 EXIT_CODE_GRACE = 2.0  # seconds to wait for a lost worker's exit code before reporting without it
 DYING_LIMIT = 30.0  # ... and for one visibly exiting, whose exit code is sure to come (see _dying)
 SOCKET_BUFFER = 4 << 20
+# Result segments the user may hold mapped at once, per pool. Each costs the parent a mapping (and, before
+# Python 3.13, a descriptor) and its worker a segment it may not reuse (two descriptors): results beyond this
+# are copied out of their segment, which then goes straight back. 20,000 results held, each in its own
+# segment, would otherwise need 20,000 descriptors here and 40,000 in the workers (RLIMIT_NOFILE is often
+# 1,024), and as many mappings (vm.max_map_count is 65,530).
+MAX_MAPPED_RESULTS = 64
 
 
 READ = select.EPOLLIN
@@ -197,7 +203,19 @@ def _terminate_all() -> None:
     # The supervisor is a daemon thread only so that a forgotten pool cannot block interpreter exit;
     # this hook, not the daemon flag, is what stops its workers.
     for scheduler in list(_live):
-        scheduler.terminate()
+        if scheduler.owner_pid == os.getpid():
+            scheduler.terminate()
+
+
+def _after_fork_in_child() -> None:
+    # A child of os.fork() in the user's program, or a worker forked from it (start_method="fork"): every pool
+    # here belongs to the parent, whose workers this process must neither use, stop nor keep alive.
+    for scheduler in list(_live):
+        scheduler._forked_away()
+    _live.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Scheduler(SchedulerBase):
@@ -216,11 +234,14 @@ class Scheduler(SchedulerBase):
         worker_env: dict[str, str] | None = None,
     ) -> None:
         super().__init__(processes)
+        self.owner_pid = os.getpid()  # a child of os.fork() holds a copy of this object: see _forked_away
         self.start_method = start_method
         self.zero_copy_threshold = zero_copy_threshold
         self._broadcasts: dict[int, Broadcast[Any]] = {}
         self._segments = _shm.SegmentPool()
         self._freed: deque[tuple[ch.ParentChannel, int]] = deque()  # result segments to hand back
+        self._mapped: set[int] = set()  # result segments the user still holds mapped (see MAX_MAPPED_RESULTS)
+        self._mapping_ids = itertools.count()
         self._max_tasks = max_tasks_per_worker or 0
         self._cids = itertools.count(1)
         self._wids = itertools.count(1)
@@ -260,6 +281,38 @@ class Scheduler(SchedulerBase):
         _live.add(self)
         self._thread.start()
 
+    def _forked_away(self) -> None:
+        """In a child of ``os.fork()``: let go of the parent's pool without touching its workers.
+
+        The child's copies of the parent's descriptors are closed: held open here, the fork server's control
+        socket would keep the fork server and the workers alive after the parent died, and a worker socket
+        would hide that worker's death. Locks are replaced (another thread of the parent may have held one at
+        the fork), and any use of the pool fails at once with an error that says what to do.
+        """
+        for w in [*self._workers.values(), *self._lost]:
+            with contextlib.suppress(OSError):
+                w.channel.sock.close()
+            for chunk in w.inflight.values():
+                if chunk.segment is not None:
+                    chunk.segment.close()
+        self._launcher.forget()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+        with contextlib.suppress(OSError):
+            self._selector.close()
+        self._segments.forget()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._wake_lock = threading.Lock()
+        self.broken = PoolClosedError(
+            f"this pool belongs to process {self.owner_pid}, and this process is a child it forked "
+            "(os.fork()): a pool's workers serve only the process that created it; create a new pool in the child"
+        )
+        self._stopped = threading.Event()
+        self._stopped.set()
+
     # ---- called by the API layer -------------------------------------------------------------------------
 
     def _submitted(self, job: Job) -> None:
@@ -274,6 +327,8 @@ class Scheduler(SchedulerBase):
 
     def terminate(self) -> None:
         """Kill every worker now; unfinished jobs fail with PoolClosedError. Never blocks for long."""
+        if self.owner_pid != os.getpid():
+            return  # the workers are the parent's (os.fork() in the user's program)
         with self._lock:
             jobs = self._terminate_locked()
             if jobs is None:
@@ -687,6 +742,12 @@ class Scheduler(SchedulerBase):
     def _unpack_in_place(self, w: Worker, body: bytearray | memoryview, fd: int) -> Any:
         """Results rebuilt on the worker's segment itself; the segment goes back once nothing uses it."""
         sid = _shm.segment_id(body)
+        if len(self._mapped) >= MAX_MAPPED_RESULTS:
+            # Enough results held in place: this one is copied, and its segment is free again at once.
+            try:
+                return _shm.unpack(memoryview(body), fd, copy=True)[0]
+            finally:
+                w.channel.send(ch.SEGMENT_FREE, sid, 0, 0)
         mapping = None
         views: list[memoryview] = []
         try:
@@ -697,8 +758,12 @@ class Scheduler(SchedulerBase):
             elif mapping is not None:
                 # The mapping lives as long as the arrays on it; when it goes, the worker may reuse the segment.
                 # The finalizer may run in any thread, even inside a lock of ours (a garbage collection): it
-                # only appends, and the next send or poll passes the news on.
-                weakref.finalize(mapping, self._freed.append, (w.channel, sid)).atexit = False
+                # only appends and discards (each atomic), and the next send or poll passes the news on.
+                key = next(self._mapping_ids)
+                self._mapped.add(key)
+                weakref.finalize(
+                    mapping, _unmapped, self._mapped, key, self._freed, (w.channel, sid)
+                ).atexit = False
         return values
 
     def _send_freed(self) -> None:
@@ -716,7 +781,7 @@ class Scheduler(SchedulerBase):
             # Larger socket buffers mean fewer partial sends, wakeups and flushes when chunks are large
             # (the kernel caps the request at net.core.wmem_max).
             end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-        status_fd = os.memfd_create("manycore-status", 0)
+        status_fd = os.memfd_create("manycore-status", os.MFD_CLOEXEC)
         try:
             os.ftruncate(status_fd, STATUS_SIZE)
             page = mmap.mmap(status_fd, STATUS_SIZE)
@@ -943,6 +1008,17 @@ class Scheduler(SchedulerBase):
             if time.monotonic() > deadline:
                 w.kill()
             time.sleep(0.001)
+
+
+def _unmapped(
+    mapped: set[int],
+    key: int,
+    freed: deque[tuple[ch.ParentChannel, int]],
+    segment: tuple[ch.ParentChannel, int],
+) -> None:
+    # A function, not a method: the finalizer must not keep the scheduler alive for as long as results live.
+    mapped.discard(key)
+    freed.append(segment)
 
 
 def _hurry_exit(pid: int) -> None:

@@ -18,7 +18,9 @@ the parent: there is nothing in ``/dev/shm`` to leak. A segment's fd travels wit
   Not copying matters because fresh memory is what big results cost: on the VMs we measure on, a fresh page
   costs ~10 us to fault in (0.5 GB/s), so filling 512 MiB of new results is ~1 s wherever it happens. A
   parent-side copy puts all of it in the parent, one core; here each worker faults in its own results, in
-  parallel (W4b: 1.2 GB/s from a cold start against 0.5 with the copy, 2 workers).
+  parallel (W4b: 1.2 GB/s from a cold start against 0.5 with the copy, 2 workers). Only a bounded number
+  of results stay on their segments (``_scheduler.MAX_MAPPED_RESULTS``): each costs descriptors and a
+  mapping, and a process has a few hundred of one and 65,530 of the other. Later ones are copied out.
 - Broadcasts (``Pool.broadcast``): one read-only segment mapped by every worker, cached until released.
 """
 
@@ -28,6 +30,7 @@ import itertools
 import mmap
 import os
 import struct
+import sys
 
 TYPE_CHECKING = False  # workers import this module: see manycore/__init__.py
 if TYPE_CHECKING:
@@ -43,6 +46,11 @@ ALIGN = 64
 OOB = struct.Struct("<QQQ")  # segment size, number of buffers, segment id; then ``n`` (offset, length) pairs
 SPAN = struct.Struct("<QQ")
 MAX_POOLED_BYTES = 1 << 30
+# Free segments a pool keeps, whatever their size: each costs descriptors (see ``Segment``), and a process may
+# have as few as 256 (RLIMIT_NOFILE) for everything it does.
+MAX_POOLED_SEGMENTS = 16
+# From Python 3.13 a mapping need not keep a duplicate of its file's descriptor; before, each mapping costs one.
+_UNTRACKED: dict[str, bool] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 
 
 def _round(n: int) -> int:
@@ -59,13 +67,19 @@ class Segment:
     def __init__(self, size: int) -> None:
         self.sid = next(self._ids)
         self.size = max(size, 1)
-        self.fd = os.memfd_create("manycore", os.MFD_CLOEXEC)
+        try:
+            self.fd = os.memfd_create("manycore", os.MFD_CLOEXEC)
+        except OSError as exc:
+            self.fd = -1
+            raise limit_error(exc, "a shared-memory segment") from exc
         try:
             os.ftruncate(self.fd, self.size)
-            self.map = mmap.mmap(self.fd, self.size)
-        except BaseException:
+            self.map = mmap.mmap(self.fd, self.size, **_UNTRACKED)
+        except BaseException as exc:
             os.close(self.fd)
             self.fd = -1  # or __del__ would close the number again, by then perhaps someone else's file
+            if isinstance(exc, OSError):
+                raise limit_error(exc, "a shared-memory segment") from exc
             raise
 
     def __del__(self) -> None:
@@ -86,6 +100,29 @@ class Segment:
             self.map.close()
         except BufferError:
             pass  # views still exported: the mapping goes when they do
+
+
+def limit_error(exc: OSError, what: str) -> OSError:
+    """``exc`` with a message that names the limit reached, when it is one, and what to do about it."""
+    import errno
+
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return OSError(
+            exc.errno,
+            f"manycore could not open {what}: too many open files in process {os.getpid()} "
+            f"(RLIMIT_NOFILE soft limit {soft}). Raise the limit (ulimit -n, or resource.setrlimit("
+            "resource.RLIMIT_NOFILE, ...)), or close files the program keeps open",
+        )
+    if exc.errno == errno.ENOMEM:
+        return OSError(
+            exc.errno,
+            f"manycore could not map {what} in process {os.getpid()}: out of memory or of memory mappings "
+            "(sysctl vm.max_map_count). Hold fewer large results at once, or raise vm.max_map_count",
+        )
+    return exc
 
 
 def pack(payload: list[bytes], buffers: list[pickle.PickleBuffer], segment: Segment | None) -> bytes:
@@ -119,35 +156,56 @@ def segment_id(data: bytes | bytearray | memoryview) -> int:
 
 
 def unpack(
-    data: memoryview, fd: int | None, *, readonly: bool = False
+    data: memoryview, fd: int | None, *, readonly: bool = False, copy: bool = False
 ) -> tuple[Any, mmap.mmap | None, list[memoryview]]:
     """Rebuild an object from header + table + payload and the segment's fd (closed here).
 
     Returns the object, the mapping and the buffer views handed to pickle, so that the caller can tell
-    afterwards (``release``) whether anything still uses the segment.
+    afterwards (``release``) whether anything still uses the segment. With ``copy``, the segment is read
+    into memory of the process's own instead, and not mapped at all: the segment is free again at once.
     """
     size, n, _ = OOB.unpack_from(data)
     table = OOB.size
     mapping = None
+    owned: bytearray | None = None
     views: list[memoryview] = []
     if fd is not None:
         try:
-            if size and readonly:
+            if size and copy:
+                owned = _read_all(fd, size)
+            elif size and readonly:
                 # Mapped lazily, not with MAP_POPULATE: a worker often reads only part of a broadcast, and even
                 # a full read is quicker by faults (the kernel maps 16 pages per fault) than populated up front
                 # (256 MiB: 20 ms against 50 ms, measured).
-                mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+                mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, **_UNTRACKED)
             elif size:
-                mapping = mmap.mmap(fd, size)
+                mapping = mmap.mmap(fd, size, **_UNTRACKED)
+        except OSError as exc:
+            raise limit_error(exc, "a shared-memory segment") from exc
         finally:
             os.close(fd)
-    whole = memoryview(mapping) if mapping is not None else memoryview(b"")
+    source = owned if owned is not None else mapping
+    whole = memoryview(source) if source is not None else memoryview(b"")
     for k in range(n):
         offset, length = SPAN.unpack_from(data, table + k * SPAN.size)
         views.append(whole[offset : offset + length])
     whole.release()
     obj = pickle.loads(data[table + n * SPAN.size :], buffers=views)
     return obj, mapping, views
+
+
+def _read_all(fd: int, size: int) -> bytearray:
+    """A segment's bytes, read (not mapped) into a fresh buffer."""
+    owned = bytearray(size)
+    view = memoryview(owned)
+    got = 0
+    while got < size:
+        n = os.preadv(fd, [view[got:]], got)
+        if n <= 0:
+            break
+        got += n
+    view.release()
+    return owned
 
 
 def release(mapping: mmap.mmap | None, views: Iterable[memoryview]) -> bool:
@@ -374,10 +432,18 @@ class SegmentPool:
                 return
             self._free.append(segment)
             total = sum(s.size for s in self._free)
-            while total > MAX_POOLED_BYTES and self._free:
+            while (total > MAX_POOLED_BYTES or len(self._free) > MAX_POOLED_SEGMENTS) and self._free:
                 victim = self._free.pop(0)
                 total -= victim.size
                 victim.close()
+
+    def forget(self) -> None:
+        """In a child of ``os.fork()``: close the pooled segments without the lock (a parent's thread may hold it)."""
+        for segment in self._free:
+            segment.close()
+        self._free.clear()
+        self._closed = True
+        self._lock = _NoLock()
 
     def close(self) -> None:
         with self._lock:

@@ -156,8 +156,15 @@ def _pack_results(
         if payload is not None:
             if not collector.buffers:
                 return 0, payload, None
-            segment = _RESULT_SEGMENTS.acquire(_shm.layout_size(collector.buffers))
-            return OUT_OF_BAND, _shm.pack([payload], collector.buffers, segment), segment
+            try:
+                segment = _RESULT_SEGMENTS.acquire(_shm.layout_size(collector.buffers))
+            except OSError as exc:
+                # Out of descriptors or mappings (the user's own files count too): the results still
+                # travel, in the pickle; the message says which limit, for the worker's stderr.
+                sys.stderr.write(f"manycore worker: results sent without shared memory: {exc}\n")
+                segment = None
+            if segment is not None:
+                return OUT_OF_BAND, _shm.pack([payload], collector.buffers, segment), segment
     status, blob = _pack_values(values, errors, first)
     return status, blob, None
 
@@ -392,6 +399,11 @@ def run_in_child(sock_fd: int, status_fd: int) -> None:
     """Entry point in a freshly forked or spawned worker: map the status page, serve, exit hard."""
     code = 0
     try:
+        # A spawned worker gets both through pass_fds, which makes them inheritable: a program that a task
+        # starts without closing descriptors (os.system, close_fds=False) would hold the socket, could write
+        # frames the parent unpickles, and would hide this worker's death from the parent while it lived.
+        os.set_inheritable(sock_fd, False)
+        os.set_inheritable(status_fd, False)
         sock = socket.socket(fileno=sock_fd)
         sock.setblocking(True)
         page = mmap.mmap(status_fd, STATUS_SIZE)

@@ -36,6 +36,7 @@ MESSAGE = struct.Struct("<cqq")
 def main(ctrl_fd: int, sys_path: list[str], preload: list[str] | None = None) -> None:
     sys.path[:] = sys_path
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.set_inheritable(ctrl_fd, False)  # pass_fds made it inheritable; nothing we start may hold it
     ctrl = socket.socket(fileno=ctrl_fd)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -105,7 +106,8 @@ def main(ctrl_fd: int, sys_path: list[str], preload: list[str] | None = None) ->
 
 def _recv_fds(ctrl: socket.socket) -> tuple[bytes, list[int]]:
     """One request and the fds attached to it (socket.recv_fds, without importing socket.py)."""
-    msg, ancdata, _, _ = ctrl.recvmsg(64, socket.CMSG_SPACE(2 * 4))
+    # Close-on-exec at once: a program a task starts must not inherit the worker's socket or status page.
+    msg, ancdata, _, _ = ctrl.recvmsg(64, socket.CMSG_SPACE(2 * 4), getattr(socket, "MSG_CMSG_CLOEXEC", 0))
     fds = array.array("i")
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
