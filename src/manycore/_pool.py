@@ -8,6 +8,7 @@ workers; extra keyword options (``progress``, ``on_error``, ``retries``, ``task_
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from types import TracebackType
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 
 from . import _options as opt
 from ._broadcast import Broadcast
-from ._jobs import SchedulerBase, State
+from ._jobs import SchedulerBase, State, flush_std_streams
 from ._progress import make_bar
 from ._results import ApplyResult, AsyncResult, Call, IMapIterator, MapResult, _interruptible
 from ._shm import DEFAULT_THRESHOLD
@@ -89,6 +90,8 @@ class Pool:
             "task_timeout": opt.timeout(task_timeout, "task_timeout"),
             "on_error": opt.on_error(on_error),
         }
+        self._stopped = False  # close() or terminate() called: the pool is not "unclosed" when collected
+        flush_std_streams()
         self._scheduler: SchedulerBase = opt.make_scheduler(
             backend,
             processes,
@@ -107,10 +110,12 @@ class Pool:
 
     def close(self) -> None:
         """Take no more work; workers exit once the work already submitted is done."""
+        self._stopped = True
         self._scheduler.close()
 
     def terminate(self) -> None:
         """Stop the workers now (SIGKILL, so even workers stuck in C code go); unfinished results fail."""
+        self._stopped = True
         self._scheduler.terminate()
 
     def join(self) -> None:
@@ -134,10 +139,14 @@ class Pool:
         self.terminate()
 
     def __del__(self) -> None:
+        # multiprocessing.Pool's warning, word for word, so that code filtering it filters ours. A pool left
+        # open at interpreter exit was already terminated by the scheduler's exit hook, and still warns.
         scheduler = getattr(self, "_scheduler", None)
-        if scheduler is not None and scheduler.state is State.RUNNING:
+        if scheduler is None or getattr(self, "_stopped", True):
+            return
+        if scheduler.state is State.RUNNING or sys.is_finalizing():
             warnings.warn(
-                f"unclosed running manycore pool {self!r}", ResourceWarning, source=self, stacklevel=1
+                f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self, stacklevel=1
             )
             scheduler.terminate()
 
