@@ -295,7 +295,7 @@ def failing_source(n: int) -> Iterator[int]:
 @pytest.mark.parametrize("chunksize", [1, 2, 3, 4, "auto"])
 @pytest.mark.parametrize("ordered", [True, False])
 def test_imap_source_error_at_its_position(pool: manycore.Pool, chunksize: object, ordered: bool) -> None:
-    for n in (0, 1, 5, 7):
+    for n in (0, 1, 5, 7, 13, 37):
         it = (pool.imap if ordered else pool.imap_unordered)(square, failing_source(n), chunksize=chunksize)
         got = []
         with pytest.raises(Boom, match=f"after {n}"):
@@ -432,3 +432,21 @@ def test_terminate_and_kill_workers(start_method: str, method: str, no_leftover_
     with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
         ex.submit(square, 1)
     ex.shutdown()
+
+
+def test_child_forked_by_the_program_exits_without_waiting_for_the_parents_executor() -> None:
+    proc = run_script(
+        """
+        import os, sys, manycore
+        ex = manycore.Executor(1)
+        ex.submit(abs, 1).result()
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)  # runs the exit hooks: the parent's executor is not this process's to wait for
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status))
+        ex.shutdown()
+        """,
+        timeout=30,
+    )
+    assert proc.stdout.split() == ["child", "0"], proc.stderr

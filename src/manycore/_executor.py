@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import os
 import threading
 import time
 import weakref
@@ -25,7 +26,9 @@ R = TypeVar("R")
 
 # Schedulers of executors not shut down yet. At interpreter exit, as ``concurrent.futures`` does, their pending
 # work runs to completion; and once exit has begun, ``submit`` raises.
-_open: weakref.WeakSet[SchedulerBase] = weakref.WeakSet()
+# The process that made each one: a child forked from the user's program inherits this table but not the threads
+# behind it, and must not wait for them when it exits.
+_open: weakref.WeakKeyDictionary[SchedulerBase, int] = weakref.WeakKeyDictionary()
 _exiting = False
 
 
@@ -33,7 +36,7 @@ def _finish_at_exit() -> None:
     # Runs from threading's exit hooks, before atexit's: before _scheduler's hook terminates every pool.
     global _exiting
     _exiting = True
-    schedulers = list(_open)
+    schedulers = [s for s, pid in list(_open.items()) if pid == os.getpid()]
     for scheduler in schedulers:
         scheduler.close()
     for scheduler in schedulers:
@@ -85,7 +88,7 @@ class Executor(concurrent.futures.Executor):
             threshold=zero_copy_threshold,
             blas_threads=blas_threads,
         )
-        _open.add(self._scheduler)
+        _open[self._scheduler] = os.getpid()
 
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[R]:
         # O(1) whatever the number pending: the executor keeps no list of its futures (shutdown's
@@ -159,7 +162,7 @@ class Executor(concurrent.futures.Executor):
                 if isinstance(job, FutureJob) and job.future.cancel():
                     self._scheduler.job_finished(job)
         self._scheduler.close()
-        _open.discard(self._scheduler)
+        _open.pop(self._scheduler, None)
         if wait:
             try:
                 self._scheduler.join()

@@ -353,7 +353,12 @@ class Pool:
         chunksize: int | str | None = None,
         **options: Any,
     ) -> IMapIterator[R]:
-        """Lazy ``map``: reads the input as results are consumed (a bounded window in flight), input order."""
+        """Lazy ``map``: reads the input as results are consumed (a bounded window in flight), input order.
+
+        Returns at once: a background thread reads the input, so the first result comes when the first item is
+        done, however slow the input. An exception raised by the input comes out of ``next()`` after every
+        result before it. An input that blocks for ever does not block ``close``, ``terminate`` or ``join``.
+        """
         return self._imap(func, iterable, chunksize, True, False, options)
 
     def imap_unordered(

@@ -3,8 +3,8 @@
 - ``ApplyResult``: one call (``apply``/``apply_async``), the ``multiprocessing.pool.AsyncResult`` contract.
 - ``Call``: a blocking ``apply``, whose result the calling thread reads itself when a worker is idle.
 - ``MapResult``: ``map``/``starmap`` and their ``_async`` forms over a sized input, sliced into chunks lazily.
-- ``IMapIterator``: ``imap``/``imap_unordered``; reads its input lazily in the consumer's thread and keeps a
-  bounded window of items in flight, so memory stays flat on endless generators.
+- ``IMapIterator``: ``imap``/``imap_unordered``; reads its input in a feeder thread and keeps a bounded window
+  of items in flight, so memory stays flat on endless generators and a slow input delays only its own items.
 - ``FutureJob``: ``Executor.submit``; resolves a standard ``concurrent.futures.Future``.
 """
 
