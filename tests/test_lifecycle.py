@@ -369,8 +369,21 @@ def counting_source(seen: list[int]) -> Iterator[int]:
         yield i
 
 
+def feeders() -> int:
+    return sum(t.name == "manycore-imap-feeder" for t in threading.enumerate())
+
+
 def test_imap_feeder_stops_on_close_and_garbage(pool: manycore.Pool) -> None:
-    for how in ("close", "del"):
+    for how in ("close", "del", "end"):
+        before = feeders()
+        if how == "end":
+            assert list(pool.imap(square, iter(range(50)), chunksize=3)) == [i * i for i in range(50)]
+            for _ in range(100):
+                if feeders() < before + 1:
+                    break
+                time.sleep(0.02)
+            assert feeders() <= before
+            continue
         seen: list[int] = []
         it = pool.imap(square, counting_source(seen), chunksize=1)
         assert next(it) == 0
@@ -384,6 +397,11 @@ def test_imap_feeder_stops_on_close_and_garbage(pool: manycore.Pool) -> None:
         time.sleep(0.3)
         assert len(seen) == count, f"the input is still read after {how}"
         assert count < 1000
+        for _ in range(100):
+            if feeders() <= before:
+                break
+            time.sleep(0.02)
+        assert feeders() <= before, f"the feeder thread outlives the iterator after {how}"
 
 
 # ---- 6. Python 3.14's ProcessPoolExecutor additions, on every Python ------------------------------------

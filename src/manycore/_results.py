@@ -445,9 +445,10 @@ class IMapIterator(Job, Iterator[T]):
             self._bar.close()
 
     def __del__(self) -> None:
-        feed = getattr(self, "_feed", None)
-        if feed is not None:
-            feed.stop = True  # no lock here: the feeder sees it when it next wakes or reads an item
+        if getattr(self, "_feed", None) is not None:
+            # The condition's lock is reentrant: a collection that runs this in a thread holding it is safe.
+            with contextlib.suppress(Exception):
+                self._stop_feeding()
         if not self.closed:
             with contextlib.suppress(Exception):  # at interpreter shutdown there is nothing left to stop
                 self.scheduler.job_finished(self)
