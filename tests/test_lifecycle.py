@@ -305,24 +305,23 @@ def test_imap_source_error_at_its_position(pool: manycore.Pool, chunksize: objec
             next(it)
 
 
-def slow_source(n: int, delay: float) -> Iterator[int]:
+def slow_source(n: int, delay: float, seen: list[int]) -> Iterator[int]:
     for i in range(n):
         time.sleep(delay)
+        seen.append(i)
         yield i
 
 
 def test_imap_returns_at_once_and_first_result_follows_first_item(start_method: str) -> None:
+    seen: list[int] = []
     with manycore.Pool(2, start_method=start_method) as pool:
         pool.map(square, range(4))  # workers started
-        t0 = time.monotonic()
-        it = pool.imap(square, slow_source(12, 0.25), chunksize=1)
-        returned = time.monotonic() - t0
+        it = pool.imap(square, slow_source(8, 0.3, seen), chunksize=1)
+        # Reading the window (3 chunks per worker: 6 items, 1.8 s of input) in the call is what this forbids.
+        assert len(seen) < 3, f"imap() read {len(seen)} items before returning"
         assert next(it) == 0
-        first = time.monotonic() - t0
-        assert list(it) == [i * i for i in range(1, 12)]
-        total = time.monotonic() - t0
-    # The window (3 chunks per worker) would take 1.5 s of input to fill; reading it in the call took that long.
-    assert returned < total / 4 and first < total / 3, (returned, first, total)
+        assert len(seen) < 6, f"the first result came after {len(seen)} items were read"
+        assert list(it) == [i * i for i in range(1, 8)]
 
 
 def blocked_source(event: threading.Event) -> Iterator[int]:
