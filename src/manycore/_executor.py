@@ -10,17 +10,40 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from . import _options as opt
-from ._jobs import SchedulerBase
+from ._jobs import SchedulerBase, flush_std_streams
 from ._results import FutureJob, IMapIterator
 from ._shm import DEFAULT_THRESHOLD
 from .errors import PoolClosedError
 
 R = TypeVar("R")
+
+# Schedulers of executors not shut down yet. At interpreter exit, as ``concurrent.futures`` does, their pending
+# work runs to completion; and once exit has begun, ``submit`` raises.
+# The process that made each one: a child forked from the user's program inherits this table but not the threads
+# behind it, and must not wait for them when it exits.
+_open: weakref.WeakKeyDictionary[SchedulerBase, int] = weakref.WeakKeyDictionary()
+_exiting = False
+
+
+def _finish_at_exit() -> None:
+    # Runs from threading's exit hooks, before atexit's: before _scheduler's hook terminates every pool.
+    global _exiting
+    _exiting = True
+    schedulers = [s for s, pid in list(_open.items()) if pid == os.getpid()]
+    for scheduler in schedulers:
+        scheduler.close()
+    for scheduler in schedulers:
+        scheduler.join()
+
+
+threading._register_atexit(_finish_at_exit)  # type: ignore[attr-defined]
 
 
 class Executor(concurrent.futures.Executor):
@@ -48,8 +71,11 @@ class Executor(concurrent.futures.Executor):
         blas_threads: int | None = None,
         backend: Any = "process",
     ) -> None:
+        if isinstance(max_workers, int) and not isinstance(max_workers, bool) and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")  # ProcessPoolExecutor's words
         self._retries = opt.retries(retries)
         self._task_timeout = opt.timeout(task_timeout, "task_timeout")
+        flush_std_streams()
         self._scheduler: SchedulerBase = opt.make_scheduler(
             backend,
             opt.processes(max_workers, "max_workers"),
@@ -62,21 +88,27 @@ class Executor(concurrent.futures.Executor):
             threshold=zero_copy_threshold,
             blas_threads=blas_threads,
         )
-        self._jobs: list[FutureJob] = []
+        _open[self._scheduler] = os.getpid()
 
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[R]:
+        # O(1) whatever the number pending: the executor keeps no list of its futures (shutdown's
+        # cancel_futures asks the scheduler for the jobs not yet dispatched), so a finished call's arguments
+        # and result are not kept either.
         opt.function(fn, "fn")
+        self._check_open()
         job = FutureJob(
             self._scheduler, fn, args, kwargs, task_timeout=self._task_timeout, retries=self._retries
         )
         try:
             self._scheduler.submit(job)
         except PoolClosedError:
+            self._check_open()
             raise RuntimeError("cannot schedule new futures after shutdown") from None
-        if len(self._jobs) > 1024:
-            self._jobs = [j for j in self._jobs if not j.future.done()]
-        self._jobs.append(job)
         return job.future
+
+    def _check_open(self) -> None:
+        if _exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def map(
         self,
@@ -84,18 +116,27 @@ class Executor(concurrent.futures.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | str = "auto",
+        buffersize: int | None = None,
         **options: Any,
     ) -> Iterator[R]:
         """Lazy, ordered ``fn(*args)`` over zipped iterables; input is read as results are consumed.
 
         ``timeout`` counts from this call, as in ``concurrent.futures``; ``chunksize`` defaults to automatic.
+        ``buffersize`` (Python 3.14's, on every Python): at most that many chunks (with ``chunksize="auto"``:
+        items) are read ahead of the consumer; by default a window of a few chunks per worker.
         Keyword options: ``on_error``, ``retries``, ``task_timeout`` (see ``Pool.map``).
         """
         opt.function(fn, "fn")
+        if buffersize is not None and (isinstance(buffersize, bool) or not isinstance(buffersize, int)):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
+        self._check_open()
         deadline = None if timeout is None else time.monotonic() + timeout
         unknown = set(options) - {"on_error", "retries", "task_timeout"}
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+        size = opt.chunksize(chunksize)
         it: IMapIterator[R] = IMapIterator(
             self._scheduler,
             fn,
@@ -103,9 +144,10 @@ class Executor(concurrent.futures.Executor):
             star=True,
             ordered=True,
             on_error=opt.on_error(options.get("on_error", "raise")),
-            chunksize=opt.chunksize(chunksize),
+            chunksize=size,
             task_timeout=opt.timeout(options.get("task_timeout", self._task_timeout), "task_timeout"),
             retries=opt.retries(options.get("retries", self._retries)),
+            max_ahead=None if buffersize is None else buffersize * (size or 1),
         )
         try:
             self._scheduler.submit(it, counted=False)
@@ -116,10 +158,11 @@ class Executor(concurrent.futures.Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         if cancel_futures:
-            for job in self._jobs:
-                if job.future.cancel():
+            for job in self._scheduler.queued_jobs():
+                if isinstance(job, FutureJob) and job.future.cancel():
                     self._scheduler.job_finished(job)
         self._scheduler.close()
+        _open.pop(self._scheduler, None)
         if wait:
             try:
                 self._scheduler.join()
@@ -134,13 +177,29 @@ class Executor(concurrent.futures.Executor):
         else:
             self.shutdown(wait=True)
 
+    def terminate_workers(self) -> None:
+        """Stop every worker now (Python 3.14's method, on every Python): pending futures are cancelled, running
+        ones fail with ``PoolClosedError``, and the executor takes no more work.
+
+        manycore stops workers with SIGKILL (as ``Pool.terminate``), so that one stuck in C code goes too; the
+        signal is the only difference from ``kill_workers``.
+        """
+        self.shutdown(wait=False, cancel_futures=True)
+        self._scheduler.terminate()
+
+    def kill_workers(self) -> None:
+        """Python 3.14's ``kill_workers``: as ``terminate_workers`` (manycore's workers always get SIGKILL)."""
+        self.terminate_workers()
+
     def statistics(self) -> dict[str, int]:
         return self._scheduler.statistics()
 
     def __del__(self) -> None:
+        # As concurrent.futures: a dropped executor still runs what was submitted, then its workers exit.
         scheduler = getattr(self, "_scheduler", None)
+        # Not in a child of os.fork(): the executor and its workers are the parent's.
         if scheduler is not None and getattr(scheduler, "owner_pid", None) in (None, os.getpid()):
-            scheduler.terminate()
+            scheduler.close()
 
 
 def _results_until(it: IMapIterator[R], deadline: float | None) -> Iterator[R]:
@@ -148,7 +207,7 @@ def _results_until(it: IMapIterator[R], deadline: float | None) -> Iterator[R]:
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             try:
-                yield it.next(left)
+                yield it.pop(left)
             except StopIteration:
                 return
             except multiprocessing.TimeoutError as exc:

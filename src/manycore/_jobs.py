@@ -9,9 +9,11 @@ Subclasses decide where chunks run: ``_scheduler.Scheduler`` on manycore's own w
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import pickle
+import sys
 import threading
 import weakref
 from collections import deque
@@ -24,6 +26,15 @@ from ._broadcast import Broadcast, collect
 from ._chunking import MIN_TAIL_SECONDS, TARGET_SECONDS, Chunker
 from ._serialize import dumps_function
 from .errors import PoolClosedError
+
+
+def flush_std_streams() -> None:
+    """Flush ``sys.stdout`` and ``sys.stderr`` before workers start, as ``multiprocessing`` does: what the
+    program printed before the pool comes first in a redirected output, and a forked worker inherits no
+    buffered text to write twice."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # closed, replaced by None, or an object without flush
+            stream.flush()
 
 
 class State(enum.Enum):
@@ -110,7 +121,11 @@ class Job:
         self.retries = retries
         self.queued: deque[Chunk] = deque()
         self.closed = False  # set when the job needs no more chunks run (done, failed fast, cancelled)
-        self.counted = True
+        # Set on admission: a job that finishes before it is admitted (a map of nothing) must not be
+        # subtracted from counts it was never added to, or join() would wait for ever.
+        self.counted = False
+        self.admitted = False
+        self.dispatchable = False  # in the scheduler's dispatch queue (an O(1) membership test)
         self.attempts: dict[int, int] = {}
 
     # Called under the scheduler lock.
@@ -204,6 +219,7 @@ class SchedulerBase:
         """
         with self._lock:
             self._admit_locked(job, counted)
+            job.dispatchable = True
             self._dispatchable.append(job)
             assignments = self._assign_locked()
         self._send(assignments)
@@ -215,6 +231,9 @@ class SchedulerBase:
         if self.broken is not None:
             raise self.broken
         self._jobs.add(job)
+        if job.closed or job.admitted:
+            return
+        job.admitted = True
         job.counted = counted
         self._active += counted
         if job.task_timeout is not None:
@@ -223,7 +242,8 @@ class SchedulerBase:
     def more_ready(self, job: Job) -> None:
         """An imap consumer pulled more chunks into ``job.queued``."""
         with self._lock:
-            if job not in self._dispatchable:
+            if not job.dispatchable:
+                job.dispatchable = True
                 self._dispatchable.append(job)
             assignments = self._assign_locked()
         self._send(assignments)
@@ -239,10 +259,17 @@ class SchedulerBase:
         if job.closed:
             return
         job.closed = True
+        if not job.admitted:
+            return
         self._active -= job.counted
         if job.task_timeout is not None:
             self._timeouts_active -= 1
         self._idle.notify_all()
+
+    def queued_jobs(self) -> list[Job]:
+        """Jobs waiting for dispatch (for ``Executor.shutdown(cancel_futures=True)``)."""
+        with self._lock:
+            return list(self._dispatchable)
 
     def close(self) -> None:
         with self._lock:
@@ -260,6 +287,7 @@ class SchedulerBase:
             chunk = None if job.closed else job.take_locked()
             if chunk is None:
                 self._dispatchable.popleft()
+                job.dispatchable = False
                 continue
             if job.start_locked(chunk):
                 return chunk

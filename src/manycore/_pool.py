@@ -9,6 +9,7 @@ workers; extra keyword options (``progress``, ``on_error``, ``retries``, ``task_
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from types import TracebackType
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 from . import _options as opt
 from ._broadcast import Broadcast
-from ._jobs import SchedulerBase, State
+from ._jobs import SchedulerBase, State, flush_std_streams
 from ._progress import make_bar
 from ._results import ApplyResult, AsyncResult, Call, IMapIterator, MapResult, _interruptible
 from ._shm import DEFAULT_THRESHOLD
@@ -93,6 +94,8 @@ class Pool:
             "task_timeout": opt.timeout(task_timeout, "task_timeout"),
             "on_error": opt.on_error(on_error),
         }
+        self._stopped = False  # close() or terminate() called: the pool is not "unclosed" when collected
+        flush_std_streams()
         self._scheduler: SchedulerBase = opt.make_scheduler(
             backend,
             processes,
@@ -111,10 +114,12 @@ class Pool:
 
     def close(self) -> None:
         """Take no more work; workers exit once the work already submitted is done."""
+        self._stopped = True
         self._scheduler.close()
 
     def terminate(self) -> None:
         """Stop the workers now (SIGKILL, so even workers stuck in C code go); unfinished results fail."""
+        self._stopped = True
         self._scheduler.terminate()
 
     def join(self) -> None:
@@ -138,15 +143,17 @@ class Pool:
         self.terminate()
 
     def __del__(self) -> None:
+        # multiprocessing.Pool's warning, word for word, so that code filtering it filters ours. A pool left
+        # open at interpreter exit was already terminated by the scheduler's exit hook, and still warns.
         scheduler = getattr(self, "_scheduler", None)
+        if scheduler is None or getattr(self, "_stopped", True):
+            return
         # Not in a child of os.fork(): the pool and its workers are the parent's.
-        if (
-            scheduler is not None
-            and scheduler.state is State.RUNNING
-            and getattr(scheduler, "owner_pid", None) in (None, os.getpid())
-        ):
+        if getattr(scheduler, "owner_pid", None) not in (None, os.getpid()):
+            return
+        if scheduler.state is State.RUNNING or sys.is_finalizing():
             warnings.warn(
-                f"unclosed running manycore pool {self!r}", ResourceWarning, source=self, stacklevel=1
+                f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self, stacklevel=1
             )
             scheduler.terminate()
 
@@ -353,7 +360,12 @@ class Pool:
         chunksize: int | str | None = None,
         **options: Any,
     ) -> IMapIterator[R]:
-        """Lazy ``map``: reads the input as results are consumed (a bounded window in flight), input order."""
+        """Lazy ``map``: reads the input as results are consumed (a bounded window in flight), input order.
+
+        Returns at once: a background thread reads the input, so the first result comes when the first item is
+        done, however slow the input. An exception raised by the input comes out of ``next()`` after every
+        result before it. An input that blocks for ever does not block ``close``, ``terminate`` or ``join``.
+        """
         return self._imap(func, iterable, chunksize, True, False, options)
 
     def imap_unordered(

@@ -3,8 +3,8 @@
 - ``ApplyResult``: one call (``apply``/``apply_async``), the ``multiprocessing.pool.AsyncResult`` contract.
 - ``Call``: a blocking ``apply``, whose result the calling thread reads itself when a worker is idle.
 - ``MapResult``: ``map``/``starmap`` and their ``_async`` forms over a sized input, sliced into chunks lazily.
-- ``IMapIterator``: ``imap``/``imap_unordered``; reads its input lazily in the consumer's thread and keeps a
-  bounded window of items in flight, so memory stays flat on endless generators.
+- ``IMapIterator``: ``imap``/``imap_unordered``; reads its input in a feeder thread and keeps a bounded window
+  of items in flight, so memory stays flat on endless generators and a slow input delays only its own items.
 - ``FutureJob``: ``Executor.submit``; resolves a standard ``concurrent.futures.Future``.
 """
 
@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
@@ -208,6 +209,10 @@ class MapResult(AsyncResult[list[T]]):
         if not items:
             self._finish([], None)
 
+    def _finish(self, value: Any, error: BaseException | None) -> None:
+        super()._finish(value, error)
+        self._items = ()  # a finished map keeps no reference to its input (chunks re-run hold their own)
+
     def probing_locked(self) -> bool:
         return self.chunker.probing
 
@@ -254,11 +259,12 @@ class IMapIterator(Job, Iterator[T]):
         ordered: bool,
         on_error: str = "raise",
         progress: Bar | None = None,
+        max_ahead: int | None = None,
         **options: Any,
     ) -> None:
         super().__init__(scheduler, fn, **options)
         self.kind = ch.STARMAP if star else ch.MAP
-        self._source = iter(iterable)
+        self._source: Iterator[Any] | None = iter(iterable)
         self._ordered = ordered
         self._return_errors = on_error == "return"
         self._bar = progress
@@ -277,40 +283,63 @@ class IMapIterator(Job, Iterator[T]):
         self._arrivals: deque[int] = deque()  # imap_unordered: piece keys in completion order
         self._failure: BaseException | None = None
         self._window = WINDOW_CHUNKS_PER_WORKER * scheduler.processes
+        self._max_ahead = max_ahead  # Executor.map's buffersize, in items
+        self._feed = _Feed()
 
     def start(self) -> None:
-        """Fill the first window, so work begins before the first ``next()``; called once submitted."""
-        self._pull()
+        """Start reading the input in the background; called once submitted.
+
+        The input is read by a feeder thread (one per imap, a daemon), never in the caller's: ``imap``
+        returns at once and the first result comes when the first item is done, however slow the input.
+        The feeder keeps at most the window ahead of the consumer. It stops when the iterator ends, is
+        closed or garbage-collected, or its pool is terminated; a generator blocked for ever keeps its
+        feeder blocked in it (a daemon thread, which holds no reference to this iterator while it waits)
+        but blocks nothing else: close, terminate, join and interpreter exit do not wait for it.
+        """
+        source, self._source = self._source, None
+        assert source is not None
+        threading.Thread(
+            target=_feed,
+            args=(
+                weakref.ref(self),
+                self._feed,
+                self._cond,
+                self._open,
+                source,
+                self._window,
+                self._max_ahead,
+            ),
+            name="manycore-imap-feeder",
+            daemon=True,
+        ).start()
 
     def probing_locked(self) -> bool:
         return self.chunker.probing
 
-    # ---- the consumer side -----------------------------------------------------------------------------
+    # ---- the feeder side -------------------------------------------------------------------------------
 
-    def _pull(self) -> None:
-        """Take input up to the window, in the consumer's thread (a failing generator fails here)."""
-        new: list[Chunk] = []
-        while not self._exhausted and self._source_error is None:
-            with self._cond:
-                if len(self._open) >= self._window:
-                    break
-            size = self.chunker.next_size(None)
-            items: list[Any] = []
-            try:
-                # extend() keeps the items read before a generator raises.
-                items.extend(itertools.islice(self._source, size))
-            except Exception as exc:
-                self._source_error = (self._pulled + len(items), exc)
-            if len(items) < size:
-                self._exhausted = True
+    def _add(self, items: list[Any], error: BaseException | None, exhausted: bool) -> bool:
+        """Items read by the feeder (and the error that ended the input); whether to read on."""
+        with self._cond:
+            first = self._pulled
+            self._pulled = first + len(items)
             if items:
-                new.append(Chunk(self, self._pulled, items))
-                with self._cond:
-                    self._open[self._pulled] = len(items)
-                self._pulled += len(items)
-        if new:
-            self.queued.extend(new)
+                self._open[first] = len(items)
+            if error is not None:
+                self._source_error = (self._pulled, error)
+            self._exhausted = exhausted or error is not None
+            self._cond.notify_all()
+        if items:
+            self.queued.append(Chunk(self, first, items))
             self.scheduler.more_ready(self)
+        return not self._exhausted
+
+    def _stop_feeding(self) -> None:
+        with self._cond:
+            self._feed.stop = True
+            self._cond.notify_all()
+
+    # ---- the consumer side -----------------------------------------------------------------------------
 
     def _finished_locked(self) -> bool:
         return (self._exhausted or self._source_error is not None) and self._taken >= self._pulled
@@ -320,7 +349,6 @@ class IMapIterator(Job, Iterator[T]):
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while self._pos >= len(self._values):
-                self._pull()
                 with self._cond:
                     if self._failure is not None:
                         raise self._failure
@@ -337,6 +365,13 @@ class IMapIterator(Job, Iterator[T]):
             self.scheduler.terminate()
             raise
         return self.__next__()
+
+    def pop(self, timeout: float | None = None) -> T:
+        """``next(timeout)`` that keeps no reference to the value it returns (``Executor.map``'s contract)."""
+        value = self.next(timeout)
+        if type(self._values) is list:
+            self._values[self._pos - 1] = None
+        return value
 
     def __next__(self) -> T:
         # The hot path, once per result: an index into the current piece, no lock, no allocation.
@@ -373,6 +408,7 @@ class IMapIterator(Job, Iterator[T]):
             yield first
 
     def _end(self) -> None:
+        self._stop_feeding()
         self.scheduler.job_finished(self)
         if self._bar is not None:
             self._bar.close()
@@ -396,17 +432,23 @@ class IMapIterator(Job, Iterator[T]):
             self._open[origin] = left
         else:
             del self._open[origin]
+        self._cond.notify_all()  # room in the window: the feeder reads on
         self._taken += len(values)
         self._values, self._errors, self._pos = values, errors, 0
         return True
 
     def close(self) -> None:
         """Stop early: chunks not yet started are dropped (also done when the iterator is garbage)."""
+        self._stop_feeding()
         self.scheduler.job_finished(self)
         if self._bar is not None:
             self._bar.close()
 
     def __del__(self) -> None:
+        if getattr(self, "_feed", None) is not None:
+            # The condition's lock is reentrant: a collection that runs this in a thread holding it is safe.
+            with contextlib.suppress(Exception):
+                self._stop_feeding()
         if not self.closed:
             with contextlib.suppress(Exception):  # at interpreter shutdown there is nothing left to stop
                 self.scheduler.job_finished(self)
@@ -424,8 +466,63 @@ class IMapIterator(Job, Iterator[T]):
     def fail_all(self, exc: BaseException) -> None:
         with self._cond:
             self._failure = exc
+            self._feed.stop = True
             self._cond.notify_all()
         self.scheduler.job_finished(self)
+
+
+class _Feed:
+    """What an imap's feeder thread shares with its iterator besides the window: the order to stop."""
+
+    __slots__ = ("stop",)
+
+    def __init__(self) -> None:
+        self.stop = False
+
+
+def _feed(
+    ref: weakref.ref[IMapIterator[Any]],
+    feed: _Feed,
+    cond: threading.Condition,
+    open_: dict[int, int],
+    source: Iterator[Any],
+    window: int,
+    max_ahead: int | None,
+) -> None:
+    """An imap's feeder thread: read the input a chunk at a time while the window has room.
+
+    It holds the iterator only between reads, never while it waits for room or for the input, so an
+    iterator its consumer dropped is collected (and its ``__del__`` stops this thread).
+    """
+    while True:
+        with cond:
+            while not feed.stop and (
+                len(open_) >= window or (max_ahead is not None and sum(open_.values()) >= max_ahead)
+            ):
+                cond.wait()
+            if feed.stop:
+                return
+            room = None if max_ahead is None else max_ahead - sum(open_.values())
+        it = ref()
+        if it is None:
+            return
+        size = it.chunker.next_size(None)
+        del it
+        if room is not None:
+            size = min(size, room)
+        items: list[Any] = []
+        error: BaseException | None = None
+        try:
+            items.extend(itertools.islice(source, size))  # extend() keeps the items read before a raise
+        except BaseException as exc:  # whatever the input raises reaches the consumer at its position
+            error = exc
+        it = ref()
+        if it is None or feed.stop:
+            return
+        more = it._add(items, error, len(items) < size)
+        del it
+        if not more:
+            return
 
 
 class FutureJob(Job):

@@ -585,6 +585,7 @@ class Scheduler(SchedulerBase):
                 # Delivering wakes a waiting caller, which then needs the GIL: do it last, right before this
                 # thread blocks in select() again and lets the caller run.
                 self._deliver(done)
+                del done  # not kept while blocked in the next poll: it holds the calls' arguments
         finally:
             self._shutdown()
 
