@@ -93,3 +93,8 @@ def heavy_modules(_: object = None) -> list[str]:
     import sys
 
     return sorted(m for m in ("multiprocessing", "multiprocessing.process") if m in sys.modules)
+
+
+def touch_shm(x: int) -> int:
+    OBJECTS["shm"].buf[x] = x + 1
+    return x

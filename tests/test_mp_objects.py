@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
+import time
 from multiprocessing import shared_memory
 from typing import Any
 
@@ -139,3 +140,24 @@ def test_workers_still_start_without_multiprocessing(method: str) -> None:
     """The identity is set when a task imports multiprocessing, not by importing it in every worker (W6)."""
     with manycore.Pool(1, start_method=method) as pool:
         assert pool.apply(mp_tasks.heavy_modules) == []
+
+
+@pytest.mark.timeout(60)
+def test_shared_memory_in_initargs_outlives_the_workers(start_method: str) -> None:
+    """Workers register shared memory with the parent's resource tracker, as multiprocessing's children do:
+    a tracker of the worker's own unlinked the segment (and warned) once the worker exited."""
+    shm = shared_memory.SharedMemory(create=True, size=8)
+    try:
+        with manycore.Pool(
+            2, start_method=start_method, initializer=mp_tasks.keep, initargs=({"shm": shm},)
+        ) as pool:
+            assert pool.map(mp_tasks.touch_shm, range(4), chunksize=1) == list(range(4))
+            pool.close()
+            pool.join()
+        time.sleep(1)  # a worker's own tracker would have seen its worker go and unlinked the segment by now
+        again = shared_memory.SharedMemory(name=shm.name)  # FileNotFoundError if it was unlinked
+        assert bytes(again.buf[:4]) == b"\x01\x02\x03\x04"
+        again.close()
+    finally:
+        shm.close()
+        shm.unlink()
