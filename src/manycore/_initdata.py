@@ -144,15 +144,15 @@ def pack(
 
 
 def tracker_fd() -> int | None:
-    """The parent's resource tracker, when the program uses one (shared_memory, named semaphores)."""
-    if "multiprocessing.resource_tracker" not in sys.modules:
-        return None
-    from multiprocessing import resource_tracker
+    """The parent's resource tracker, when it runs (the program made a SharedMemory or a named semaphore).
 
-    try:
-        return resource_tracker.getfd()
-    except Exception:  # e.g. it cannot start: workers then fall back to their own, as before
-        return None
+    Never started here: multiprocessing starts one for every spawned process, but an extra process per program
+    for pools that share no such object is not worth it. A SharedMemory made after the pool started and sent
+    as an argument is thus tracked by the worker's own tracker, as before.
+    """
+    module = sys.modules.get("multiprocessing.resource_tracker")
+    fd = getattr(getattr(module, "_resource_tracker", None), "_fd", None)
+    return fd if isinstance(fd, int) else None
 
 
 def header(start_method: str, nfds: int, tracker: int | None) -> bytes:
