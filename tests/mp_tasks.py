@@ -47,7 +47,7 @@ def identity(_: object = None) -> tuple[str, tuple[int, ...], int | None, str | 
         me.name,
         me._identity,  # type: ignore[attr-defined]
         None if parent is None else parent.pid,
-        None if parent is None else parent.name,
+        None if parent is None else f"{parent.name} alive={parent.is_alive()}",
         bytes(me.authkey),
         os.getpid(),
     )

@@ -130,7 +130,7 @@ def test_worker_identity_as_in_multiprocessing(start_method: str) -> None:
         assert re.fullmatch(rf"{KIND[start_method]}-\d+", name), name
         assert name == f"{KIND[start_method]}-{':'.join(map(str, identity))}"
         assert parent_pid == os.getpid()
-        assert parent_name == me.name
+        assert parent_name == f"{me.name} alive=True"
         assert authkey == bytes(me.authkey)
     assert len({row[1] for row in seen}) == len(pids)  # one identity per worker
 
