@@ -20,8 +20,9 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterable
+from typing import Any
 
-from . import _worker
+from . import _mpstate, _worker
 from ._zygote import MESSAGE
 
 START_METHODS = ("forkserver", "fork", "spawn")
@@ -76,6 +77,8 @@ class ForkLauncher(Launcher):
         super().__init__()
         _worker.set_parent_death_signal.prepare()
         self._limits = bool(env and "OMP_NUM_THREADS" in env)
+        #: (initializer, initargs): forked workers inherit them instead of unpickling them (see _initdata)
+        self.inherit: tuple[Any, tuple[Any, ...]] = (None, ())
 
     def start(
         self, wid: int, child: socket.socket, status_fd: int, close_in_child: Iterable[int]
@@ -89,6 +92,7 @@ class ForkLauncher(Launcher):
                 with contextlib.suppress(OSError):
                     os.close(fd)
             _worker.set_parent_death_signal()
+            _mpstate.inherited_init = self.inherit
             _worker.run_in_child(child.detach(), status_fd)
         return pid
 

@@ -155,6 +155,7 @@ def make_scheduler(
             start_method=start_method(method, context),
             zero_copy_threshold=zero_copy_threshold(threshold),
             worker_env={**blas_env(blas_threads, n), CPU_SHARE_VARIABLE: str(max(1, cpu_count() // n))},
+            start_method_chosen=method is not None or context is not None,
         )
     from . import backends
     from ._engine import EngineScheduler

@@ -51,13 +51,12 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from . import _channel as ch
-from . import _shm
+from . import _initdata, _shm
 from ._broadcast import Broadcast, collect
 from ._jobs import Chunk, Job, SchedulerBase, State
-from ._launch import Launcher, make_launcher
+from ._launch import ForkLauncher, Launcher, make_launcher
 from ._serialize import (
     dumps_frames,
-    dumps_function,
     find_unpicklable,
     loads,
     name_item,
@@ -232,6 +231,7 @@ class Scheduler(SchedulerBase):
         start_method: str,
         zero_copy_threshold: int | None = _shm.DEFAULT_THRESHOLD,
         worker_env: dict[str, str] | None = None,
+        start_method_chosen: bool = True,
     ) -> None:
         super().__init__(processes)
         self.owner_pid = os.getpid()  # a child of os.fork() holds a copy of this object: see _forked_away
@@ -253,20 +253,31 @@ class Scheduler(SchedulerBase):
         # The launcher first: a fork server boots while this thread imports cloudpickle and pickles the
         # initializer (W6: the two overlap on separate cores).
         self._launcher: Launcher = make_launcher(start_method, worker_env)
+        rest = (max_tasks_per_worker or 0, max_memory_per_worker or 0, zero_copy_threshold, worker_env or {})
         try:
-            self._init_blob = dumps_function(
-                (
-                    initializer,
-                    tuple(initargs),
-                    max_tasks_per_worker or 0,
-                    max_memory_per_worker or 0,
-                    zero_copy_threshold,
-                    worker_env or {},
-                )
-            )
+            try:
+                self._init_blob, self._init_fds = _initdata.pack(initializer, initargs, rest, start_method)
+            except _initdata.InheritOnly:
+                if start_method_chosen or start_method == "fork":
+                    raise
+                # e.g. multiprocessing.Lock() in initargs: only a forked worker can use it, as with
+                # multiprocessing.Pool, whose default start method on Linux is fork (before Python 3.14).
+                self._launcher.close()
+                self.start_method = start_method = "fork"
+                self._launcher = make_launcher(start_method, worker_env)
+                self._init_blob, self._init_fds = _initdata.pack(initializer, initargs, rest, start_method)
+            tracker = _initdata.tracker_fd() if start_method != "fork" else None
         except BaseException:
             self._launcher.close()
             raise
+        if tracker is not None:
+            self._init_fds.append(tracker)
+        self._tracker = tracker
+        # Held for the pool's life, as multiprocessing.Pool holds them: a Lock or SharedMemory the pool was
+        # given may have no other owner, and its finalizer would unlink what every new worker must open.
+        self._initargs = (initializer, tuple(initargs))
+        if isinstance(self._launcher, ForkLauncher):
+            self._launcher.inherit = self._initargs
         self._wake_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -645,9 +656,13 @@ class Scheduler(SchedulerBase):
                 w.pid, w.ready = frame.a, True
                 self._start_failures = 0
             elif frame.kind == ch.INIT_FAILED:
+                what = (
+                    "the pool's initializer or its initargs could not be unpickled in a worker"
+                    if frame.b
+                    else "the pool's initializer raised in a worker"
+                )
                 self._break(
-                    InitializerError("the pool's initializer raised in a worker, so no worker can run tasks"),
-                    unpack_exception(frame.body),
+                    InitializerError(f"{what}, so no worker can run tasks"), unpack_exception(frame.body)
                 )
         return True
 
@@ -795,7 +810,10 @@ class Scheduler(SchedulerBase):
             theirs.close()
             os.close(status_fd)
         w = Worker(wid, ch.ParentChannel(mine), page, pid)
-        w.channel.send(ch.CALL, 0, 0, 0, self._init_blob)
+        fds = self._init_fds
+        nfds = len(fds) - (self._tracker is not None)
+        head = _initdata.header(self.start_method, nfds, self._tracker)
+        w.channel.send(ch.CALL, 0, 0, len(head), head, self._init_blob, fds=tuple(fds))
         self._workers[wid] = w
         self._selector.register(w.channel.fileno(), READ | WRITE, w)
 
@@ -808,7 +826,8 @@ class Scheduler(SchedulerBase):
             del self._workers[w.wid]
             w.lost_at = time.monotonic()
             self._lost.append(w)
-            if not w.ready and not w.inflight and self.state is not State.TERMINATED:
+            # Chunks are assigned before READY, so a worker may die while starting with some in flight.
+            if not w.ready and self.state is not State.TERMINATED:
                 self._start_failures += 1
             assignments = []
             if self.state is not State.TERMINATED and self.broken is None:
@@ -981,6 +1000,9 @@ class Scheduler(SchedulerBase):
         # Closing the launcher stops the fork server, which first kills and reaps any worker still there.
         self._launcher.close()
         self._segments.close()
+        for fd in self._init_fds:
+            if fd != self._tracker:  # the resource tracker's is multiprocessing's, not ours
+                os.close(fd)
         with self._lock:  # chunks still out when the pool stopped (terminate) hold input segments
             for w in workers:
                 for chunk in w.inflight.values():

@@ -19,7 +19,7 @@ import sys
 import time
 
 from . import _channel as ch
-from . import _shm
+from . import _mpstate, _shm
 from ._wire import BROADCASTS, dumps, loads, pack_exception, unpicklable_result
 
 TYPE_CHECKING = False  # see manycore/__init__.py: workers avoid importing typing
@@ -306,7 +306,19 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
     init = ch.recv_frame(reader, pending)
     if init is None:
         return
-    initializer, initargs, max_tasks, max_memory, threshold, env = loads(init.body)
+    body = memoryview(init.body)
+    meta = loads(body[: init.b])  # (authkey, name, identity, parent name, parent pid, tracker fd, fd count)
+    _mpstate.INIT_FDS[:] = [reader.fds.popleft() for _ in range(meta[6])]
+    _mpstate.set_identity(meta)
+    try:
+        initializer, initargs, max_tasks, max_memory, threshold, env = loads(body[init.b :])
+    except BaseException as exc:  # e.g. an initarg whose class is not importable here: the pool cannot start
+        ch.send_frame(sock, ch.INIT_FAILED, 0, os.getpid(), 1, pack_exception(exc, None))
+        return
+    del body
+    if _mpstate.inherited_init is not None:  # forked: initargs (and an unpicklable initializer) inherited
+        initializer = initializer or _mpstate.inherited_init[0]
+        initargs = _mpstate.inherited_init[1]
     os.environ.update(env)  # e.g. BLAS thread limits, before the initializer or a task imports numpy
     _limit_loaded_blas(env)
     if initializer is not None:
