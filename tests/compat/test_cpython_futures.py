@@ -64,6 +64,12 @@ _BROKEN = (
 )
 EXCUSED: dict[str, str] = {
     "ProcessPoolExecutorTest.test_killed_child": _BROKEN,
+    "ProcessPoolExecutorTest.test_ressources_gced_in_workers": (
+        "KNOWN FAILING, skipped rather than xfailed: a Manager Event proxy as an argument kills the worker "
+        "(WorkerLostError, exit code 1; the worker's authkey differs, 'AuthenticationError: digest sent was "
+        "rejected'), and the executor still holds the argument, which is collected during a later test after its "
+        "Manager is gone and fails that test with an 'exception ignored' (syncobj, lifecycle)"
+    ),
     "ProcessPoolExecutorTest.test_python_finalization_error": (
         "mocks threading._start_joinable_thread to fail CPython's second internal thread (its queue feeder); "
         "manycore's threads are not CPython's"
@@ -98,11 +104,6 @@ KNOWN_FAILING: dict[str, str] = {
     "ProcessPoolExecutorTest.test_free_reference": "the executor still references a submitted argument once its future is done",
     "ProcessPoolExecutorTest.test_no_stale_references": (
         "an object passed to submit() is not freed after its future completes"
-    ),
-    # syncobj: synchronisation objects in arguments
-    "ProcessPoolExecutorTest.test_ressources_gced_in_workers": (
-        "a Manager Event proxy as an argument kills the worker (WorkerLostError, exit code 1): the worker's "
-        "authkey differs, 'AuthenticationError: digest sent was rejected'"
     ),
     # options: error message
     "ProcessPoolExecutorTest.test_max_workers_negative": (
@@ -194,7 +195,8 @@ globals().update(_BUILT)
 
 def test_tables_name_real_tests() -> None:
     classes = {generic: cls for cls, generic, _ in REFERENCE.values()}
-    assert check_tables({"EXCUSED": EXCUSED, "KNOWN_FAILING": KNOWN_FAILING}, classes) == []
+    newer = frozenset({"ProcessPoolExecutorTest.test_python_finalization_error"})  # 3.12+
+    assert check_tables({"EXCUSED": EXCUSED, "KNOWN_FAILING": KNOWN_FAILING}, classes, newer) == []
 
 
 def test_every_start_method_is_harnessed() -> None:
