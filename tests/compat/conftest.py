@@ -13,6 +13,25 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "no_cover: joblib's suite, not run under coverage")
 
 
+def _in_default_run(item: pytest.Item) -> bool:
+    """The default run (the suite's time budget) leaves to MANYCORE_FULL_COMPAT=1 the variants that repeat code
+    paths: a backend instance instead of its name, and nesting with another process backend."""
+    from compat_helpers import FULL
+
+    from manycore.joblib import ManycoreBackend
+
+    if FULL:
+        return True
+    values = list(item.callspec.params.values())
+    if any(isinstance(v, ManycoreBackend) for v in values):
+        return False
+    others = {"loky", "multiprocessing", "back_compat_backend"}
+    return not (
+        getattr(item, "originalname", "") in ("test_nested_loop", "test_backend_nesting_level")
+        and others & {v for v in values if isinstance(v, str)}
+    )
+
+
 def _uses_manycore(item: pytest.Item) -> bool:
     from manycore.joblib import ManycoreBackend
 
@@ -30,7 +49,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if module is None or getattr(module, "__name__", "") != "test_joblib_suite":
             keep.append(item)
             continue
-        if not _uses_manycore(item):
+        if not _uses_manycore(item) or not _in_default_run(item):
             dropped.append(item)
             continue
         name = item.name
