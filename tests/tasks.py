@@ -70,3 +70,17 @@ def hoard(megabytes: int) -> tuple[int, int]:
     """Keep `megabytes` MiB alive in this worker (a leak); returns (pid, how many hoards this process holds)."""
     HOARD.append(b"x" * (megabytes << 20))
     return os.getpid(), len(HOARD)
+
+
+def pytest_imported(_: object = None) -> bool:
+    """True in a worker forked from the test process (it inherits pytest), False in a fresh one."""
+    import sys
+
+    return "_pytest" in sys.modules
+
+
+def joblib_sum_on_manycore(n: int) -> int:
+    """Names the "manycore" joblib backend without importing manycore.joblib (as joblib's own tests do)."""
+    import joblib
+
+    return sum(joblib.Parallel(n_jobs=2, backend="manycore")(joblib.delayed(abs)(-x) for x in range(n)))

@@ -48,11 +48,47 @@ class ManycoreBackend(PoolManagerMixin, AutoBatchingMixin, ParallelBackendBase):
         if n_jobs == 1:
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         self.parallel = parallel
-        # joblib passes its memmapping options (max_nbytes, mmap_mode, temp_folder) to every backend; manycore
-        # moves large arrays through shared memory by itself, so only Pool's own options are kept.
-        known = set(inspect.signature(Pool).parameters) - {"processes"}
-        self._pool = Pool(n_jobs, **{k: v for k, v in pool_options.items() if k in known})
+        self._pool = Pool(n_jobs, **self._pool_options(pool_options))
         return int(n_jobs)
+
+    def _pool_options(self, per_call: dict[str, Any]) -> dict[str, Any]:
+        # Options given to parallel_config(backend="manycore", ...) reach the constructor (backend_kwargs, joblib
+        # >= 1.3); options given to Parallel(...) reach configure(). Parallel's win, as in joblib's own backends.
+        options = {**getattr(self, "backend_kwargs", {}), **per_call}
+        # joblib adds context=multiprocessing.get_context() to every call: its default, not a choice of the user
+        # (fork on Linux before 3.14, "loky" inside a loky worker). manycore picks its own start method; users
+        # choose one with start_method=... .
+        options.pop("context", None)
+        # joblib passes its memmapping options to every backend; manycore moves large arrays through shared
+        # memory by itself.
+        for name in _JOBLIB_OPTIONS:
+            options.pop(name, None)
+        unknown = sorted(set(options) - _POOL_OPTIONS)
+        if unknown:
+            raise TypeError(
+                f"the manycore joblib backend got unknown option(s) {', '.join(unknown)}; "
+                f"it accepts manycore.Pool's options: {', '.join(sorted(_POOL_OPTIONS))}"
+            )
+        # Every worker imports this module (unpickling _start_worker does), so that a nested Parallel naming
+        # backend="manycore" works there too: a fork-server or spawned worker starts without it.
+        options["initargs"] = (options.get("initializer"), tuple(options.get("initargs", ())))
+        options["initializer"] = _start_worker
+        return options
+
+    def terminate(self) -> None:
+        super().terminate()
+        # As joblib's own backends do: a later call on this backend must not start from this call's batch sizes.
+        self.reset_batch_stats()
+
+
+def _start_worker(initializer: Any, initargs: tuple[Any, ...]) -> None:
+    if initializer is not None:
+        initializer(*initargs)
+
+
+#: What joblib itself passes to every backend's configure(), beyond the named parameters.
+_JOBLIB_OPTIONS = ("max_nbytes", "mmap_mode", "temp_folder", "verbose")
+_POOL_OPTIONS = frozenset(inspect.signature(Pool).parameters) - {"processes", "context"}
 
 
 def register() -> None:
