@@ -20,7 +20,7 @@ from . import _options as opt
 from ._jobs import SchedulerBase, flush_std_streams
 from ._results import FutureJob, IMapIterator
 from ._shm import DEFAULT_THRESHOLD
-from .errors import PoolClosedError
+from .errors import PoolClosedError, for_futures
 
 R = TypeVar("R")
 
@@ -212,5 +212,7 @@ def _results_until(it: IMapIterator[R], deadline: float | None) -> Iterator[R]:
                 return
             except multiprocessing.TimeoutError as exc:
                 raise concurrent.futures.TimeoutError() from exc
+            except BaseException as exc:
+                raise for_futures(exc)  # noqa: B904 (the task's own exception, its cause kept)
     finally:
         it.close()

@@ -26,6 +26,7 @@ from typing import Any, Generic, TypeVar
 from . import _channel as ch
 from ._jobs import Chunk, Job, SchedulerBase
 from ._progress import Bar
+from .errors import for_futures
 
 T = TypeVar("T")
 
@@ -566,7 +567,7 @@ class FutureJob(Job):
         if error is None:
             self.future.set_result(value)
         else:
-            self.future.set_exception(error)
+            self.future.set_exception(for_futures(error))
 
     def fail_all(self, exc: BaseException) -> None:
         self._settle(None, exc)

