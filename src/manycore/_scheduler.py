@@ -25,9 +25,9 @@ Data flow (one pool)::
   worker's status page). One exception, for the latency of a blocking ``apply``: an idle worker is lent to the
   calling thread (``run_lent``), which sends the call and reads the answer itself, then hands the worker back;
   whoever reads a worker's socket holds its ``reading`` lock.
-- A lost worker's chunks are re-run: the item it was running fails with
-  ``WorkerLostError``/``TaskTimeoutError`` (or is retried), and the rest of the chunk runs again. When the item is
-  unknown (no ``task_timeout``, so no per-item tracking), the chunk is re-run one item at a time to find it.
+- A lost worker's chunks are re-run: the item it was running (its status page always says which) fails with
+  ``WorkerLostError``/``TaskTimeoutError`` or is retried, never run again otherwise (at most once), and the
+  rest of the chunk runs again.
 - The supervisor holds the scheduler, never the Pool: a Pool that is dropped unclosed is garbage-collected,
   terminates its scheduler, and warns (ResourceWarning), as ``multiprocessing.Pool`` does.
 """
@@ -764,13 +764,21 @@ class Scheduler(SchedulerBase):
         """Re-run what a lost worker held; fail (or retry) the one item it was running."""
         failures: list[tuple[Chunk, BaseException]] = []
         with self._lock:
+            # The status page always names the running item (see _worker.run_items), so the item a worker died
+            # on is never run again unless retries allow it (at most once). Its chunk-mates that had finished
+            # lost their results with the worker and run again: they are not the culprit, and failing them
+            # would turn one crash into many.
             if w.timed_out is not None:
                 cid, offset = w.timed_out
             else:
                 cid, offset, _ = w.running()
                 chunk = w.inflight.get(cid)
-                if chunk is not None and chunk.job.task_timeout is None and len(chunk.items) > 1:
-                    offset = -1  # the item is unknown: re-run the chunk one item at a time
+                if chunk is not None and offset >= len(chunk.items) > 1:
+                    # Every item had run: the worker died pickling or sending the results. One of them may
+                    # be what kills it (a result whose pickling crashes): re-run them one at a time.
+                    offset = -1
+                elif chunk is not None and offset >= 1 == len(chunk.items):
+                    offset = 0  # alone, its result killed the worker: it is the culprit
             requeue: list[Chunk] = []
             for chunk in w.inflight.values():
                 if chunk.segment is not None:  # the dead worker's mapping is gone: the segment is free again

@@ -1,8 +1,9 @@
 """The worker process: receive a chunk, run it, send the results back; knows nothing of scheduling.
 
 A worker owns one end of a socket pair and a one-page shared "status" mapping. It writes the id of the chunk it
-is running (and, when the job has a ``task_timeout``, the item and the moment it started) into that page, so the
-parent can tell which item a worker was running when it died or overran, without any message on the hot path.
+is running and the offset of the item it runs (and, when the job has a ``task_timeout``, the moment that item
+started) into that page, so the parent can tell which item a worker was running when it died or overran, without
+any message on the hot path.
 Workers ignore SIGINT: Ctrl-C goes to the whole process group, and the parent, not each worker, decides what
 an interrupt means (it stops the pool).
 """
@@ -17,6 +18,7 @@ import os
 import struct
 import sys
 import time
+from operator import itemgetter, setitem
 
 from . import _channel as ch
 from . import _shm
@@ -76,13 +78,30 @@ class _ParentDeathSignal:
 set_parent_death_signal = _ParentDeathSignal()
 
 
+_SECOND = itemgetter(1)
+
+
 def run_items(
-    fn: Callable[..., Any], items: Iterable[Any], star: bool, first: int, track: Callable[[int], None] | None
+    fn: Callable[..., Any],
+    items: Iterable[Any],
+    star: bool,
+    first: int,
+    track: Callable[[int], None] | None,
+    progress: memoryview | None = None,
 ) -> tuple[list[Any], dict[int, bytes]]:
-    """Apply fn to every item; an item that raises records its error and the others still run."""
+    """Apply fn to every item; an item that raises records its error and the others still run.
+
+    ``progress`` (the status page cast to 'Q') gets the running item's offset in its slot 1, so that the parent
+    knows which item a worker died on (at most once: that item is never run again). The offset is written by
+    C code as each item is pulled, with no Python call per item: ``zip`` pulls the ``setitem`` first, then the
+    item, and ``map`` calls fn on it before it pulls the next one, so the page names item k while fn runs on
+    item k, never one ahead. Past the last item it reads ``len(items)``.
+    """
     values: list[Any] = []
     errors: dict[int, bytes] = {}
     it = iter(items)
+    if progress is not None and track is None:
+        it = map(_SECOND, zip(map(setitem, itertools.repeat(progress), itertools.repeat(1), itertools.count()), it))
     while True:
         try:
             if track is not None:
@@ -284,6 +303,7 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
     ch.send_frame(sock, ch.READY, 0, os.getpid(), 0)
     functions: dict[int, Callable[..., Any]] = {}
     done = 0
+    progress = memoryview(page).cast("Q")  # run_items writes the running item's offset through it
     while True:
         frame = ch.recv_frame(reader, pending)
         if frame is None or frame.kind == ch.STOP:
@@ -320,7 +340,10 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
             args, kwargs = data[0]
             values, errors = run_items(functools.partial(fn, *args, **kwargs), ((),), True, first, tracker)
         else:
-            values, errors = run_items(fn, data, frame.kind == ch.STARMAP, first, tracker)
+            # A one-item chunk needs no tracking: offset 0 was written before unpickling.
+            values, errors = run_items(
+                fn, data, frame.kind == ch.STARMAP, first, tracker, progress if len(data) > 1 else None
+            )
         elapsed = time.perf_counter_ns() - started
         if tracker is not None:
             tracker(len(values))  # past the last item: pickling results is not any item's run time
