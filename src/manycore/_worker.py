@@ -45,8 +45,10 @@ STATUS_SIZE = mmap.PAGESIZE
 # of this (see Worker.needs_function in _scheduler), so an evicted function is never needed.
 FUNCTION_CACHE = 1024
 
-# Flag bits. Task frames: b = fn_len << 2 | OUT_OF_BAND | TRACK_ITEMS.
-TRACK_ITEMS, OUT_OF_BAND = 1, 2
+# Flag bits. Task frames: b = fn_len << 3 | TOKEN | OUT_OF_BAND | TRACK_ITEMS. TOKEN: the chunk was queued
+# behind another, so the parent may take it back for an idle worker; the worker runs it only if it gets a
+# token byte from its token pipe first (see Scheduler._steal_locked).
+TRACK_ITEMS, OUT_OF_BAND, TOKEN = 1, 2, 4
 # RESULT frames: b = PARTIAL (some items carry an error) | OUT_OF_BAND | INPUT_KEPT (the task kept a view
 # of its input segment, which the parent must then not reuse).
 PARTIAL, INPUT_KEPT = 1, 4
@@ -101,7 +103,8 @@ def run_items(
     errors: dict[int, bytes] = {}
     it = iter(items)
     if progress is not None and track is None:
-        it = map(_SECOND, zip(map(setitem, itertools.repeat(progress), itertools.repeat(1), itertools.count()), it))
+        writes = map(setitem, itertools.repeat(progress), itertools.repeat(1), itertools.count())  # type: ignore[arg-type]
+        it = map(_SECOND, zip(writes, it))
     while True:
         try:
             if track is not None:
@@ -283,6 +286,14 @@ class _Tracker:
         STATUS.pack_into(self.page, 0, self.chunk_id, offset, time.monotonic_ns())
 
 
+def _take_token(tokens: int) -> bool:
+    """Whether this worker may run the chunk it holds: one byte read from its token pipe makes it its own."""
+    try:
+        return bool(os.read(tokens, 1))
+    except (BlockingIOError, OSError):  # BlockingIOError: no token, the parent took it
+        return False
+
+
 def serve(sock: socket.socket, page: mmap.mmap) -> None:
     """The worker loop. Returns when the parent says stop, goes away, or the task budget is spent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -300,6 +311,8 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
         except BaseException as exc:
             ch.send_frame(sock, ch.INIT_FAILED, 0, os.getpid(), 0, pack_exception(exc, None))
             return
+    # The read end of this worker's token pipe came with the init frame (non-blocking: shared with the parent).
+    tokens = reader.fds.popleft() if reader.fds else -1
     ch.send_frame(sock, ch.READY, 0, os.getpid(), 0)
     functions: dict[int, Callable[..., Any]] = {}
     done = 0
@@ -320,12 +333,19 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
             if lent is not None:
                 _RESULT_SEGMENTS.release(lent, reusable=True)
             continue
-        fn_len, track, oob = frame.b >> 2, frame.b & TRACK_ITEMS, frame.b & OUT_OF_BAND
+        fn_len, track, oob = frame.b >> 3, frame.b & TRACK_ITEMS, frame.b & OUT_OF_BAND
         body = memoryview(frame.body)
         if fn_len:
             functions[frame.a] = loads(body[:fn_len])
             if len(functions) > FUNCTION_CACHE:
                 del functions[next(iter(functions))]
+        if frame.b & TOKEN and not _take_token(tokens):
+            # The parent took this chunk back for an idle worker: it is not ours to run. Say so, so that the
+            # parent sends this worker chunks again.
+            if oob:
+                os.close(reader.fds.popleft())
+            ch.send_frame(sock, ch.SKIPPED, frame.chunk_id, 0, 0)
+            continue
         fn = functions[frame.a]
         # Written before unpickling, so a worker that dies even there is known to have been on this chunk.
         STATUS.pack_into(page, 0, frame.chunk_id, 0, time.monotonic_ns())

@@ -33,3 +33,11 @@ def log_and_sleep(x: int, *, seconds: float, log_dir: str) -> int:
     if seconds:
         time.sleep(seconds)
     return x
+
+
+def wait_for_file(path: str, limit: float = 30.0) -> str:
+    """Blocks until the test creates `path` (at most `limit` seconds): a slow task that ends when told."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return "slow"
