@@ -360,11 +360,14 @@ class Scheduler(SchedulerBase):
         its ``SKIPPED`` arrives. A failed read proves every token chunk sent so far has started:
         ``unstarted`` is cleared, so no further read is tried for them.
         """
+        victims = [v for v in self._workers.values() if v.unstarted]
+        if not victims:  # the common case, e.g. every apply round trip: no loop over the thieves
+            return
         for thief in self._workers.values():
             if thief.inflight or not thief.ready or not thief.accepting or thief.lent or thief.skips:
                 continue
-            for victim in self._workers.values():
-                if victim.unstarted and victim is not thief and self._take_back_locked(victim, thief, out):
+            for victim in victims:
+                if victim is not thief and self._take_back_locked(victim, thief, out):
                     break
 
     def _take_back_locked(self, victim: Worker, thief: Worker, out: list[tuple[Worker, Chunk, bool]]) -> bool:

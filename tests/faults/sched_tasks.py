@@ -41,3 +41,15 @@ def wait_for_file(path: str, limit: float = 30.0) -> str:
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.005)
     return "slow"
+
+
+class DiesWhenPickled:
+    """A result whose pickling ends the worker process (as a crash in a C extension's __reduce__ would)."""
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        os._exit(3)
+
+
+def result_kills_worker(x: int, *, bad: int, log_dir: str) -> object:
+    log_run(x, log_dir)
+    return DiesWhenPickled() if x == bad else x * x
