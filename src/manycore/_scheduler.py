@@ -357,7 +357,8 @@ class Scheduler(SchedulerBase):
         not started, k >= 1; the worker will find tokens for all of them but the last, so the last is the
         parent's. That holds as long as no token is written behind a chunk the parent took while the worker
         has not yet passed it (the token would be taken for it): a worker with ``skips`` gets no chunk until
-        its ``SKIPPED`` arrives. A failed read proves every token chunk sent so far has started:
+        its ``SKIPPED`` arrives, and no chunk is taken from a worker that has a token chunk assigned but not
+        yet sent (``behind``; an id leaves it only once token, frame and id are in). A failed read proves every token chunk sent so far has started:
         ``unstarted`` is cleared, so no further read is tried for them.
         """
         victims = [v for v in self._workers.values() if v.unstarted]
@@ -374,6 +375,13 @@ class Scheduler(SchedulerBase):
         with victim.token_lock:
             if not victim.unstarted or victim.tokens[0] < 0:
                 return False
+            if victim.behind:
+                # A chunk assigned behind another and not yet sent (another thread is pickling it): its token
+                # would come after the byte taken here, and the worker would take it for the chunk taken back.
+                # Chunks failed or recovered before their send leave an id here: forget those.
+                victim.behind.intersection_update(victim.inflight)
+                if victim.behind:
+                    return False
             try:
                 got = os.read(victim.tokens[0], 1)
             except BlockingIOError:
@@ -404,9 +412,7 @@ class Scheduler(SchedulerBase):
         backlog = False
         for w, chunk, with_fn in assignments:
             job = chunk.job
-            token = chunk.cid in w.behind
-            if token:
-                w.behind.discard(chunk.cid)
+            token = chunk.cid in w.behind  # left there until sent: _take_back_locked waits for it
             if chunk.payload is None:
                 collector = _shm.Collector(self.zero_copy_threshold)
                 try:
@@ -465,6 +471,7 @@ class Scheduler(SchedulerBase):
                 parts, fds = (fn, *chunk.payload), ()
             if token:
                 with w.token_lock:  # the token before the frame, and both in the order of ``unstarted``
+                    w.behind.discard(chunk.cid)
                     if w.tokens[1] < 0:
                         continue  # the worker is gone; its chunks are recovered
                     os.write(w.tokens[1], b"t")
