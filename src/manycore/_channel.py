@@ -22,6 +22,7 @@ HEADER = struct.Struct("<BQQQQ")
 MAP, STARMAP, CALL, STOP, BROADCAST, RELEASE, SEGMENT_FREE = 1, 2, 3, 4, 5, 6, 7
 # Frame kinds, worker -> parent.
 READY, RESULT, INIT_FAILED = 11, 12, 13
+SKIPPED = 14  # a queued chunk the parent took back (its token was gone): not run here
 
 RECYCLE_MAX = 16 << 20  # a recycled frame body is kept up to this size
 # Descriptors that arrive with a frame are close-on-exec from the first moment: a program that a task or the

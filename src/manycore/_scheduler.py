@@ -25,9 +25,9 @@ Data flow (one pool)::
   worker's status page). One exception, for the latency of a blocking ``apply``: an idle worker is lent to the
   calling thread (``run_lent``), which sends the call and reads the answer itself, then hands the worker back;
   whoever reads a worker's socket holds its ``reading`` lock.
-- A lost worker's chunks are re-run: the item it was running fails with
-  ``WorkerLostError``/``TaskTimeoutError`` (or is retried), and the rest of the chunk runs again. When the item is
-  unknown (no ``task_timeout``, so no per-item tracking), the chunk is re-run one item at a time to find it.
+- A lost worker's chunks are re-run: the item it was running (its status page always says which) fails with
+  ``WorkerLostError``/``TaskTimeoutError`` or is retried, never run again otherwise (at most once), and the
+  rest of the chunk runs again.
 - The supervisor holds the scheduler, never the Pool: a Pool that is dropped unclosed is garbage-collected,
   terminates its scheduler, and warns (ResourceWarning), as ``multiprocessing.Pool`` does.
 """
@@ -70,6 +70,7 @@ from ._worker import (
     PARTIAL,
     STATUS,
     STATUS_SIZE,
+    TOKEN,
     TRACK_ITEMS,
     UNLOADABLE,
     thread_ids,
@@ -137,6 +138,7 @@ class Worker:
     __slots__ = (
         "accepting",
         "assigned",
+        "behind",
         "broadcasts",
         "channel",
         "fn_seq",
@@ -148,11 +150,17 @@ class Worker:
         "pid",
         "reading",
         "ready",
+        "skips",
         "timed_out",
+        "token_lock",
+        "tokens",
+        "unstarted",
         "wid",
     )
 
-    def __init__(self, wid: int, channel: ch.ParentChannel, page: mmap.mmap, pid: int | None) -> None:
+    def __init__(
+        self, wid: int, channel: ch.ParentChannel, page: mmap.mmap, pid: int | None, tokens: tuple[int, int]
+    ) -> None:
         self.wid = wid
         self.channel = channel
         self.page = page
@@ -169,6 +177,21 @@ class Worker:
         # Whoever reads the worker's socket holds this: the supervisor, or a caller it is lent to (``run_lent``).
         self.reading = threading.Lock()
         self.lent = False
+        # Work stealing (see Scheduler._steal_locked). Chunks queued behind another get a token; ``unstarted``
+        # holds the ids of those sent whose token may still be in the pipe, in the order they entered the
+        # socket; ``token_lock`` makes "write the token, send the frame, note the id" one step.
+        self.tokens = tokens  # the token pipe's (read end, write end); both -1 once closed
+        self.token_lock = threading.Lock()
+        self.behind: set[int] = set()  # assigned behind another chunk: send with a token
+        self.unstarted: list[int] = []
+        self.skips = 0  # chunks taken back that are still ahead in the worker's socket
+
+    def close_tokens(self) -> None:
+        with self.token_lock:
+            for fd in self.tokens:
+                if fd >= 0:
+                    os.close(fd)
+            self.tokens = (-1, -1)
 
     def needs_function(self, key: int) -> bool:
         seen = self.known_fns.get(key)
@@ -192,6 +215,14 @@ class Worker:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
             _hurry_exit(self.pid)
+
+
+def _token_pipe() -> tuple[int, int]:
+    r, w = os.pipe()
+    # Non-blocking on both sides: the worker's copy (sent with SCM_RIGHTS) shares this file description.
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    return r, w
 
 
 _live: weakref.WeakSet[Scheduler] = weakref.WeakSet()
@@ -249,6 +280,7 @@ class Scheduler(SchedulerBase):
         self._lost: list[Worker] = []  # EOF seen, exit code not yet known
         self._unreaped: list[Worker] = []
         self._start_failures = 0
+        self._taken_back = 0  # chunks an idle worker took from a busy one (statistics)
         self._watch_writes = True
         # The launcher first: a fork server boots while this thread imports cloudpickle and pickles the
         # initializer (W6: the two overlap on separate cores).
@@ -303,6 +335,11 @@ class Scheduler(SchedulerBase):
         for w in [*self._workers.values(), *self._lost]:
             with contextlib.suppress(OSError):
                 w.channel.sock.close()
+            for fd in w.tokens:  # not close_tokens(): its lock may have been held by another thread at the fork
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            w.tokens = (-1, -1)
             for chunk in w.inflight.values():
                 if chunk.segment is not None:
                     chunk.segment.close()
@@ -358,6 +395,7 @@ class Scheduler(SchedulerBase):
                 "workers": len(self._workers),
                 "chunks_in_flight": sum(len(w.inflight) for w in self._workers.values()),
                 "jobs_active": self._active,
+                "chunks_taken_back": self._taken_back,
             }
 
     # ---- assignment and sending (any thread) ---------------------------------------------------------------
@@ -368,17 +406,86 @@ class Scheduler(SchedulerBase):
             return out
         for depth in range(1, DEPTH + 1):
             for w in self._workers.values():
-                while w.accepting and not w.lent and len(w.inflight) < depth:
+                while w.accepting and not w.lent and not w.skips and len(w.inflight) < depth:
                     chunk = self._next_chunk_locked()
                     if chunk is None:
+                        self._steal_locked(out)
                         return out
                     chunk.cid = next(self._cids)
+                    if w.inflight:
+                        w.behind.add(chunk.cid)
                     w.inflight[chunk.cid] = chunk
                     w.assigned += 1
                     if self._max_tasks and w.assigned >= self._max_tasks:
                         w.accepting = False
                     out.append((w, chunk, w.needs_function(chunk.job.fn_key)))
         return out
+
+    def _steal_locked(self, out: list[tuple[Worker, Chunk, bool]]) -> None:
+        """Nothing left to assign: give each idle worker a chunk queued, not started, behind a busy one.
+
+        A chunk once sent is never taken back from the socket, so the parent and the busy worker must agree on
+        who runs it, and shared-memory flags cannot do that (x86 reorders a store after a later load, and
+        Python issues no fence). A pipe can: each chunk sent with ``TOKEN`` has one byte written to the
+        worker's token pipe before its frame enters the socket, the worker reads one byte (non-blocking)
+        before it runs such a chunk, and here the parent reads one byte to take a chunk. The kernel gives each
+        byte to exactly one reader: whoever reads it owns a chunk, and a worker that finds none skips the
+        chunk and says so (``SKIPPED``).
+
+        Which chunk: the worker takes tokens in the order its frames arrive, which is the order of
+        ``unstarted`` (token, frame and id go in under ``token_lock``). When the parent gets a byte, the
+        pipe held more tokens than the worker has started chunks, so the last ``k`` ids of ``unstarted`` are
+        not started, k >= 1; the worker will find tokens for all of them but the last, so the last is the
+        parent's. That holds as long as no token is written behind a chunk the parent took while the worker
+        has not yet passed it (the token would be taken for it): a worker with ``skips`` gets no chunk until
+        its ``SKIPPED`` arrives, and no chunk is taken from a worker that has a token chunk assigned but not
+        yet sent (``behind``; an id leaves it only once token, frame and id are in). A failed read proves every token chunk sent so far has started:
+        ``unstarted`` is cleared, so no further read is tried for them.
+        """
+        victims = [v for v in self._workers.values() if v.unstarted]
+        if not victims:  # the common case, e.g. every apply round trip: no loop over the thieves
+            return
+        for thief in self._workers.values():
+            if thief.inflight or not thief.ready or not thief.accepting or thief.lent or thief.skips:
+                continue
+            for victim in victims:
+                if victim is not thief and self._take_back_locked(victim, thief, out):
+                    break
+
+    def _take_back_locked(self, victim: Worker, thief: Worker, out: list[tuple[Worker, Chunk, bool]]) -> bool:
+        with victim.token_lock:
+            if not victim.unstarted or victim.tokens[0] < 0:
+                return False
+            if victim.behind:
+                # A chunk assigned behind another and not yet sent (another thread is pickling it): its token
+                # would come after the byte taken here, and the worker would take it for the chunk taken back.
+                # Chunks failed or recovered before their send leave an id here: forget those.
+                victim.behind.intersection_update(victim.inflight)
+                if victim.behind:
+                    return False
+            try:
+                got = os.read(victim.tokens[0], 1)
+            except BlockingIOError:
+                got = b""
+            if not got:
+                victim.unstarted.clear()  # every one has started
+                return False
+            cid = victim.unstarted.pop()
+        chunk = victim.inflight.pop(cid)
+        self._taken_back += 1
+        victim.skips += 1
+        victim.assigned -= 1
+        victim.accepting = not self._max_tasks or victim.assigned < self._max_tasks
+        if chunk.segment is not None:  # the victim never maps it: it skips the chunk before reading its data
+            self._segments.release(chunk.segment, reusable=True)
+            chunk.segment = None
+        chunk.cid = next(self._cids)
+        thief.inflight[chunk.cid] = chunk
+        thief.assigned += 1
+        if self._max_tasks and thief.assigned >= self._max_tasks:
+            thief.accepting = False
+        out.append((thief, chunk, thief.needs_function(chunk.job.fn_key)))
+        return True
 
     def _send(self, assignments: list[tuple[Worker, Chunk, bool]]) -> None:
         if self._freed:
@@ -393,6 +500,7 @@ class Scheduler(SchedulerBase):
                 # The chunk before it that was to carry the function was not sent (_forget_function).
                 with self._lock:
                     with_fn = w.needs_function(job.fn_key)
+            token = chunk.cid in w.behind  # left there until sent: _take_back_locked waits for it
             if chunk.payload is None:
                 collector = _shm.Collector(self.zero_copy_threshold)
                 try:
@@ -435,7 +543,7 @@ class Scheduler(SchedulerBase):
             for bid in wanted - w.broadcasts:
                 backlog |= self._send_broadcast(w, bid)
             fn = job.fn_blob if with_fn else b""
-            flags = len(fn) << 2 | (TRACK_ITEMS if job.task_timeout is not None else 0)
+            flags = len(fn) << 3 | (TRACK_ITEMS if job.task_timeout is not None else 0)
             if chunk.buffers:
                 segment = self._segments.acquire(_shm.layout_size(chunk.buffers))
                 data = _shm.pack(chunk.payload, chunk.buffers, segment)
@@ -448,11 +556,21 @@ class Scheduler(SchedulerBase):
                 if not assigned:
                     self._segments.release(segment, reusable=True)
                     continue
-                backlog |= w.channel.send(
-                    job.kind, chunk.cid, job.fn_key, flags | OUT_OF_BAND, fn, data, fds=(segment.fd,)
-                )
+                flags |= OUT_OF_BAND
+                parts: tuple[bytes, ...] = (fn, data)
+                fds: tuple[int, ...] = (segment.fd,)
             else:
-                backlog |= w.channel.send(job.kind, chunk.cid, job.fn_key, flags, fn, *chunk.payload)
+                parts, fds = (fn, *chunk.payload), ()
+            if token:
+                with w.token_lock:  # the token before the frame, and both in the order of ``unstarted``
+                    w.behind.discard(chunk.cid)
+                    if w.tokens[1] < 0:
+                        continue  # the worker is gone; its chunks are recovered
+                    os.write(w.tokens[1], b"t")
+                    backlog |= w.channel.send(job.kind, chunk.cid, job.fn_key, flags | TOKEN, *parts, fds=fds)
+                    w.unstarted.append(chunk.cid)
+            else:
+                backlog |= w.channel.send(job.kind, chunk.cid, job.fn_key, flags, *parts, fds=fds)
         if backlog:
             self._watch_writes = True  # the supervisor must ask select() for writability
             if threading.current_thread() is not self._thread:
@@ -475,7 +593,7 @@ class Scheduler(SchedulerBase):
                 (
                     w
                     for w in self._workers.values()
-                    if w.ready and w.accepting and not w.inflight and not w.channel.pending
+                    if w.ready and w.accepting and not w.inflight and not w.skips and not w.channel.pending
                 ),
                 None,
             )
@@ -652,6 +770,8 @@ class Scheduler(SchedulerBase):
                 if frame.b & OUT_OF_BAND:
                     frame.fd = w.channel.fds.popleft()
                 results.append((w, frame))
+            elif frame.kind == ch.SKIPPED:
+                results.append((w, frame))
             elif frame.kind == ch.READY:
                 w.pid, w.ready = frame.a, True
                 self._start_failures = 0
@@ -687,6 +807,13 @@ class Scheduler(SchedulerBase):
         done: list[tuple[Worker, Chunk, ch.Frame]] = []
         with self._lock:
             for w, frame in results:
+                if w.unstarted:
+                    with w.token_lock:
+                        if frame.chunk_id in w.unstarted:
+                            w.unstarted.remove(frame.chunk_id)
+                if frame.kind == ch.SKIPPED:
+                    w.skips -= 1  # it has passed a chunk taken back from it: it may get chunks again
+                    continue
                 chunk = w.inflight.pop(frame.chunk_id, None)
                 if chunk is not None:
                     done.append((w, chunk, frame))
@@ -801,19 +928,28 @@ class Scheduler(SchedulerBase):
         try:
             os.ftruncate(status_fd, STATUS_SIZE)
             page = mmap.mmap(status_fd, STATUS_SIZE)
-            close_in_child = [self._wake_r, self._wake_w, mine.fileno()]
+            tokens = _token_pipe()
+            close_in_child = [self._wake_r, self._wake_w, mine.fileno(), *tokens]
             close_in_child += [w.channel.fileno() for w in self._workers.values()]
+            close_in_child += [fd for w in self._workers.values() for fd in w.tokens]
             if self._launcher.control_fd is not None:
                 close_in_child.append(self._launcher.control_fd)
-            pid = self._launcher.start(wid, theirs, status_fd, close_in_child)
+            try:
+                pid = self._launcher.start(wid, theirs, status_fd, close_in_child)
+            except BaseException:
+                for fd in tokens:
+                    os.close(fd)
+                raise
         finally:
             theirs.close()
             os.close(status_fd)
-        w = Worker(wid, ch.ParentChannel(mine), page, pid)
+        w = Worker(wid, ch.ParentChannel(mine), page, pid, tokens)
         fds = self._init_fds
         nfds = len(fds) - (self._tracker is not None)
         head = _initdata.header(self.start_method, nfds, self._tracker)
-        w.channel.send(ch.CALL, 0, 0, len(head), head, self._init_blob, fds=tuple(fds))
+        # The init data's descriptors first (the worker takes as many as the header counts), then the read end
+        # of the worker's token pipe.
+        w.channel.send(ch.CALL, 0, 0, len(head), head, self._init_blob, fds=(*fds, tokens[0]))
         self._workers[wid] = w
         self._selector.register(w.channel.fileno(), READ | WRITE, w)
 
@@ -894,13 +1030,21 @@ class Scheduler(SchedulerBase):
         """Re-run what a lost worker held; fail (or retry) the one item it was running."""
         failures: list[tuple[Chunk, BaseException]] = []
         with self._lock:
+            # The status page always names the running item (see _worker.run_items), so the item a worker died
+            # on is never run again unless retries allow it (at most once). Its chunk-mates that had finished
+            # lost their results with the worker and run again: they are not the culprit, and failing them
+            # would turn one crash into many.
             if w.timed_out is not None:
                 cid, offset = w.timed_out
             else:
                 cid, offset, _ = w.running()
                 chunk = w.inflight.get(cid)
-                if chunk is not None and chunk.job.task_timeout is None and len(chunk.items) > 1:
-                    offset = -1  # the item is unknown: re-run the chunk one item at a time
+                if chunk is not None and offset >= len(chunk.items) > 1:
+                    # Every item had run: the worker died pickling or sending the results. One of them may
+                    # be what kills it (a result whose pickling crashes): re-run them one at a time.
+                    offset = -1
+                elif chunk is not None and offset >= 1 == len(chunk.items):
+                    offset = 0  # alone, its result killed the worker: it is the culprit
             requeue: list[Chunk] = []
             for chunk in w.inflight.values():
                 if chunk.segment is not None:  # the dead worker's mapping is gone: the segment is free again
@@ -927,6 +1071,7 @@ class Scheduler(SchedulerBase):
                     if offset + 1 < len(chunk.items):
                         requeue.append(chunk.part(offset + 1, len(chunk.items)))
             w.inflight.clear()
+            w.close_tokens()
             self._retry.extendleft(reversed(requeue))
             assignments = self._assign_locked()
         self._send(assignments)
@@ -1014,6 +1159,7 @@ class Scheduler(SchedulerBase):
         for w in workers + lost:
             self._reap(w, deadline)
             w.page.close()
+            w.close_tokens()
         with contextlib.suppress(OSError):
             self._selector.close()
         with self._wake_lock:

@@ -1,8 +1,9 @@
 """The worker process: receive a chunk, run it, send the results back; knows nothing of scheduling.
 
 A worker owns one end of a socket pair and a one-page shared "status" mapping. It writes the id of the chunk it
-is running (and, when the job has a ``task_timeout``, the item and the moment it started) into that page, so the
-parent can tell which item a worker was running when it died or overran, without any message on the hot path.
+is running and the offset of the item it runs (and, when the job has a ``task_timeout``, the moment that item
+started) into that page, so the parent can tell which item a worker was running when it died or overran, without
+any message on the hot path.
 Workers ignore SIGINT: Ctrl-C goes to the whole process group, and the parent, not each worker, decides what
 an interrupt means (it stops the pool).
 """
@@ -17,6 +18,7 @@ import os
 import struct
 import sys
 import time
+from operator import itemgetter, setitem
 
 from . import _channel as ch
 from . import _mpstate, _shm
@@ -43,8 +45,10 @@ STATUS_SIZE = mmap.PAGESIZE
 # of this (see Worker.needs_function in _scheduler), so an evicted function is never needed.
 FUNCTION_CACHE = 1024
 
-# Flag bits. Task frames: b = fn_len << 2 | OUT_OF_BAND | TRACK_ITEMS.
-TRACK_ITEMS, OUT_OF_BAND = 1, 2
+# Flag bits. Task frames: b = fn_len << 3 | TOKEN | OUT_OF_BAND | TRACK_ITEMS. TOKEN: the chunk was queued
+# behind another, so the parent may take it back for an idle worker; the worker runs it only if it gets a
+# token byte from its token pipe first (see Scheduler._steal_locked).
+TRACK_ITEMS, OUT_OF_BAND, TOKEN = 1, 2, 4
 # RESULT frames: b = PARTIAL (some items carry an error) | OUT_OF_BAND | INPUT_KEPT (the task kept a view
 # of its input segment, which the parent must then not reuse) | UNLOADABLE (the chunk's items could not be
 # unpickled here: the body is the text of that error, and nothing ran).
@@ -77,13 +81,31 @@ class _ParentDeathSignal:
 set_parent_death_signal = _ParentDeathSignal()
 
 
+_SECOND = itemgetter(1)
+
+
 def run_items(
-    fn: Callable[..., Any], items: Iterable[Any], star: bool, first: int, track: Callable[[int], None] | None
+    fn: Callable[..., Any],
+    items: Iterable[Any],
+    star: bool,
+    first: int,
+    track: Callable[[int], None] | None,
+    progress: memoryview | None = None,
 ) -> tuple[list[Any], dict[int, bytes]]:
-    """Apply fn to every item; an item that raises records its error and the others still run."""
+    """Apply fn to every item; an item that raises records its error and the others still run.
+
+    ``progress`` (the status page cast to 'Q') gets the running item's offset in its slot 1, so that the parent
+    knows which item a worker died on (at most once: that item is never run again). The offset is written by
+    C code as each item is pulled, with no Python call per item: ``zip`` pulls the ``setitem`` first, then the
+    item, and ``map`` calls fn on it before it pulls the next one, so the page names item k while fn runs on
+    item k, never one ahead. Past the last item it reads ``len(items)``.
+    """
     values: list[Any] = []
     errors: dict[int, bytes] = {}
     it = iter(items)
+    if progress is not None and track is None:
+        writes = map(setitem, itertools.repeat(progress), itertools.repeat(1), itertools.count())  # type: ignore[arg-type]
+        it = map(_SECOND, zip(writes, it))
     while True:
         try:
             if track is not None:
@@ -298,6 +320,14 @@ class _Unloadable:
         )
 
 
+def _take_token(tokens: int) -> bool:
+    """Whether this worker may run the chunk it holds: one byte read from its token pipe makes it its own."""
+    try:
+        return bool(os.read(tokens, 1))
+    except (BlockingIOError, OSError):  # BlockingIOError: no token, the parent took it
+        return False
+
+
 def serve(sock: socket.socket, page: mmap.mmap) -> None:
     """The worker loop. Returns when the parent says stop, goes away, or the task budget is spent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -327,9 +357,12 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
         except BaseException as exc:
             ch.send_frame(sock, ch.INIT_FAILED, 0, os.getpid(), 0, pack_exception(exc, None))
             return
+    # The read end of this worker's token pipe came with the init frame (non-blocking: shared with the parent).
+    tokens = reader.fds.popleft() if reader.fds else -1
     ch.send_frame(sock, ch.READY, 0, os.getpid(), 0)
     functions: dict[int, Callable[..., Any]] = {}
     done = 0
+    progress = memoryview(page).cast("Q")  # run_items writes the running item's offset through it
     while True:
         frame = ch.recv_frame(reader, pending)
         if frame is None or frame.kind == ch.STOP:
@@ -346,7 +379,7 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
             if lent is not None:
                 _RESULT_SEGMENTS.release(lent, reusable=True)
             continue
-        fn_len, track, oob = frame.b >> 2, frame.b & TRACK_ITEMS, frame.b & OUT_OF_BAND
+        fn_len, track, oob = frame.b >> 3, frame.b & TRACK_ITEMS, frame.b & OUT_OF_BAND
         body = memoryview(frame.body)
         if fn_len:
             try:
@@ -355,6 +388,13 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
                 functions[frame.a] = _Unloadable(_unloadable_text(exc))
             if len(functions) > FUNCTION_CACHE:
                 del functions[next(iter(functions))]
+        if frame.b & TOKEN and not _take_token(tokens):
+            # The parent took this chunk back for an idle worker: it is not ours to run. Say so, so that the
+            # parent sends this worker chunks again.
+            if oob:
+                os.close(reader.fds.popleft())
+            ch.send_frame(sock, ch.SKIPPED, frame.chunk_id, 0, 0)
+            continue
         fn = functions[frame.a]
         # Written before unpickling, so a worker that dies even there is known to have been on this chunk.
         STATUS.pack_into(page, 0, frame.chunk_id, 0, time.monotonic_ns())
@@ -378,7 +418,10 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
             args, kwargs = data[0]
             values, errors = run_items(functools.partial(fn, *args, **kwargs), ((),), True, first, tracker)
         else:
-            values, errors = run_items(fn, data, frame.kind == ch.STARMAP, first, tracker)
+            # A one-item chunk needs no tracking: offset 0 was written before unpickling.
+            values, errors = run_items(
+                fn, data, frame.kind == ch.STARMAP, first, tracker, progress if len(data) > 1 else None
+            )
         elapsed = time.perf_counter_ns() - started
         if tracker is not None:
             tracker(len(values))  # past the last item: pickling results is not any item's run time

@@ -1,0 +1,55 @@
+"""Task functions for the scheduler's at-most-once and work-stealing tests: each run leaves a file behind."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .tasks import do_fault
+
+
+def runs_of(log_dir: str, x: int) -> int:
+    """How many times item x ran: one file per run, so concurrent runs never share a write."""
+    prefix = f"run-{x}-"
+    return sum(name.startswith(prefix) for name in os.listdir(log_dir))
+
+
+def log_run(x: int, log_dir: str) -> None:
+    # O_EXCL on a name unique to this run: a second run of x adds a second file, never overwrites the first.
+    name = os.path.join(log_dir, f"run-{x}-{os.getpid()}-{time.monotonic_ns()}")
+    os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+
+
+def log_and_fault(x: int, *, kind: str, bad: int, log_dir: str) -> int:
+    """Logs the run of x, then item `bad` kills its worker (kind "sigkill" or "exit") every time it runs."""
+    log_run(x, log_dir)
+    if x == bad:
+        return do_fault(kind, x)  # type: ignore[no-any-return]
+    return x * x
+
+
+def log_and_sleep(x: int, *, seconds: float, log_dir: str) -> int:
+    log_run(x, log_dir)
+    if seconds:
+        time.sleep(seconds)
+    return x
+
+
+def wait_for_file(path: str, limit: float = 30.0) -> str:
+    """Blocks until the test creates `path` (at most `limit` seconds): a slow task that ends when told."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return "slow"
+
+
+class DiesWhenPickled:
+    """A result whose pickling ends the worker process (as a crash in a C extension's __reduce__ would)."""
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        os._exit(3)
+
+
+def result_kills_worker(x: int, *, bad: int, log_dir: str) -> object:
+    log_run(x, log_dir)
+    return DiesWhenPickled() if x == bad else x * x
