@@ -66,6 +66,7 @@ from ._serialize import (
 from ._worker import (
     FUNCTION_CACHE,
     INPUT_KEPT,
+    NO_FUNCTION,
     OUT_OF_BAND,
     PARTIAL,
     STATUS,
@@ -494,8 +495,14 @@ class Scheduler(SchedulerBase):
         # Chunks assigned while sending these (after a failure) go at the end, never ahead: a chunk must not
         # overtake, on a worker's socket, the earlier one that carries its function.
         queue = list(assignments)
+        # (worker id, function key) whose function a chunk that failed here was to carry: the next chunk of this
+        # batch for that worker carries it instead (it may already be in the queue, behind the failed one).
+        carry: set[tuple[int, int]] = set()
         for w, chunk, with_fn in queue:
             job = chunk.job
+            if (w.wid, job.fn_key) in carry:
+                carry.discard((w.wid, job.fn_key))
+                with_fn = True
             if not with_fn and job.fn_key not in w.known_fns:
                 # The chunk before it that was to carry the function was not sent (_forget_function).
                 with self._lock:
@@ -520,6 +527,8 @@ class Scheduler(SchedulerBase):
                     if isinstance(exc, KeyboardInterrupt):
                         raise
                     chunk.payload = None
+                    if with_fn:
+                        carry.add((w.wid, job.fn_key))
                     self._forget_function(w, job, with_fn)
                     queue.extend(self._unpicklable(w, chunk))
                     continue
@@ -530,6 +539,8 @@ class Scheduler(SchedulerBase):
             wanted = job.broadcasts | chunk.broadcasts
             foreign = wanted - self._broadcasts.keys()
             if foreign:
+                if with_fn:
+                    carry.add((w.wid, job.fn_key))
                 self._forget_function(w, job, with_fn)
                 queue += self._fail_chunk(
                     w,
@@ -831,6 +842,13 @@ class Scheduler(SchedulerBase):
                 if frame.fd is not None:  # nobody wants these results: hand the segment straight back
                     os.close(frame.fd)
                     w.channel.send(ch.SEGMENT_FREE, _shm.segment_id(frame.body), 0, 0)
+                continue
+            if frame.b & NO_FUNCTION:  # nothing ran: the worker lacked the function; send it again with it
+                with self._lock:
+                    w.known_fns.pop(job.fn_key, None)
+                    self._retry.appendleft(chunk)
+                    assignments = self._assign_locked()
+                self._send(assignments)
                 continue
             if frame.b & UNLOADABLE:  # nothing ran: some item did not unpickle in the worker
                 if len(chunk.items) > 1:

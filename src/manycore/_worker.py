@@ -51,8 +51,9 @@ FUNCTION_CACHE = 1024
 TRACK_ITEMS, OUT_OF_BAND, TOKEN = 1, 2, 4
 # RESULT frames: b = PARTIAL (some items carry an error) | OUT_OF_BAND | INPUT_KEPT (the task kept a view
 # of its input segment, which the parent must then not reuse) | UNLOADABLE (the chunk's items could not be
-# unpickled here: the body is the text of that error, and nothing ran).
-PARTIAL, INPUT_KEPT, UNLOADABLE = 1, 4, 8
+# unpickled here: the body is the text of that error, and nothing ran) | NO_FUNCTION (the chunk came without
+# its function, which this worker does not have: nothing ran, the parent sends it again with the function).
+PARTIAL, INPUT_KEPT, UNLOADABLE, NO_FUNCTION = 1, 4, 8, 16
 
 
 class _ParentDeathSignal:
@@ -395,7 +396,15 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
                 os.close(reader.fds.popleft())
             ch.send_frame(sock, ch.SKIPPED, frame.chunk_id, 0, 0)
             continue
-        fn = functions[frame.a]
+        fn = functions.get(frame.a)
+        if fn is None:
+            # The chunk that was to carry the function reached this socket after this one (two parent
+            # threads sent them) or never left the parent (its argument did not pickle). The chunk is this
+            # worker's (its token, if any, is taken): hand it back unrun rather than die of a KeyError.
+            if oob:
+                os.close(reader.fds.popleft())
+            ch.send_frame(sock, ch.RESULT, frame.chunk_id, 0, NO_FUNCTION, b"")
+            continue
         # Written before unpickling, so a worker that dies even there is known to have been on this chunk.
         STATUS.pack_into(page, 0, frame.chunk_id, 0, time.monotonic_ns())
         started = time.perf_counter_ns()

@@ -11,6 +11,7 @@ from functools import partial
 
 import pytest
 
+import manycore
 from manycore.errors import SerializationError
 
 from . import bad_pickles
@@ -124,3 +125,21 @@ def test_argument_that_unpickles_only_in_the_parent(start_method: str) -> None:
     assert out[:2] == [0, 1] and out[3] == 3
     check(out[2], BrokenProcessPool, "argument", 2)
     assert "only unpickles in process" in str(out[2])
+
+
+@pytest.mark.timeout(90)
+def test_chunk_that_arrives_without_its_function_is_sent_again(start_method: str) -> None:
+    """The chunk that carries a function can reach a worker after a later chunk of the same function (two
+    parent threads send to one socket, or the carrier's argument did not pickle). The worker must hand such a
+    chunk back unrun, and the parent send it again with the function, instead of the worker dying of it.
+
+    The parent is made to believe, wrongly, that the worker already has the function: the state that race
+    leaves behind, reached here without relying on timing (this reaches into the scheduler on purpose)."""
+    with manycore.Pool(1, start_method=start_method) as pool:
+        (pid,) = set(pool.map(bad_pickles.pid_of, range(2), chunksize=1))
+        scheduler = pool._scheduler
+        key = scheduler.functions.get(bad_pickles.identity)[0]
+        (worker,) = scheduler._workers.values()
+        worker.known_fns[key] = worker.fn_seq  # "sent already": the next chunk goes without the function
+        assert pool.map(bad_pickles.identity, range(10), chunksize=5) == list(range(10))
+        assert set(pool.map(bad_pickles.pid_of, range(2), chunksize=1)) == {pid}  # the same worker serves on
