@@ -7,6 +7,7 @@ The hierarchy::
      ├── TaskTimeoutError       (also multiprocessing.TimeoutError, hence TimeoutError on 3.11+)
      ├── SerializationError     (also multiprocessing.pool.MaybeEncodingError)
      ├── InitializerError       (also BrokenProcessPool: no worker can start)
+     ├── PoolBrokenError        (also BrokenProcessPool: the pool's supervisor failed; the cause is attached)
      └── PoolClosedError        (also ValueError, as multiprocessing.Pool raises after close())
 
     RemoteTraceback             the worker-side traceback, attached as ``__cause__`` of a task's exception
@@ -24,6 +25,7 @@ from concurrent.futures.process import BrokenProcessPool
 __all__ = [
     "InitializerError",
     "ManycoreError",
+    "PoolBrokenError",
     "PoolClosedError",
     "RemoteTraceback",
     "SerializationError",
@@ -121,6 +123,15 @@ class SerializationError(ManycoreError, multiprocessing.pool.MaybeEncodingError)
 
 class InitializerError(ManycoreError, BrokenProcessPool):
     """The pool's ``initializer`` raised in a worker, so no worker can run tasks; the cause is attached."""
+
+
+class PoolBrokenError(ManycoreError, BrokenProcessPool):
+    """The pool's supervisor thread failed unexpectedly, so the pool can run nothing more.
+
+    Every call still waiting and every later call raises it; the workers have been stopped. The exception that
+    stopped the supervisor is attached as ``__cause__`` (a bug in manycore, or e.g. a ``SystemExit`` raised while
+    a result was unpickled in the parent). Create a new pool to go on.
+    """
 
 
 class PoolClosedError(ManycoreError, ValueError):
