@@ -97,3 +97,16 @@ def forge(how: str, marker: str, victim_pid: int = 0) -> str:
         sock.close()
     time.sleep(60)  # the parent kills this worker for what it sent
     return "not killed"
+
+
+def forge_ready_once(marker: str, victim_pid: int) -> None:
+    """An initializer that, in the first worker only, announces READY with another process's pid."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    sock = socket.socket(fileno=os.dup(worker_socket()))
+    try:
+        sock.sendall(HEADER.pack(READY, 0, victim_pid, 0, 0))
+    finally:
+        sock.close()

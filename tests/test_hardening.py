@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import manycore
-from hardening_tasks import forge
+from hardening_tasks import forge, forge_ready_once
 from manycore.errors import PoolBrokenError, WorkerLostError
 
 from tasks import square
@@ -71,6 +71,21 @@ def test_forged_frame_every_start_method(
     with manycore.Pool(2, start_method=start_method) as pool:
         _check_forgery(pool, "huge-length", tmp_path / "unpickled", 0)
         _check_forgery(pool, "garbage", tmp_path / "unpickled", 0)
+
+
+@pytest.mark.timeout(90)
+def test_ready_naming_another_pid_is_refused(
+    start_method: str, tmp_path: Path, victim: subprocess.Popen[bytes], no_leftover_processes: None
+) -> None:
+    """An initializer forges READY with another process's pid: the parent must never SIGKILL that process."""
+    marker = tmp_path / "forged"
+    with manycore.Pool(
+        2, initializer=forge_ready_once, initargs=(str(marker), victim.pid), start_method=start_method
+    ) as pool:
+        assert pool.map(square, range(20), chunksize=1) == [x * x for x in range(20)]
+        pool.terminate()  # kills every worker by its pid: the forged one must not be among them
+    assert marker.exists()
+    assert victim.poll() is None, "the parent signalled the pid a forged READY named"
 
 
 # ---- callbacks -----------------------------------------------------------------------------------------------

@@ -652,7 +652,9 @@ class Scheduler(SchedulerBase):
                     frame.fd = fds.popleft()
                 results.append((w, frame))
             elif frame.kind == ch.READY:
-                w.pid, w.ready = frame.a, True
+                # Not the pid it names: that is the one the supervisor would SIGKILL, and an initializer could
+                # forge it. The launcher's pid (or the fork server's report, soon after the fork) is the truth.
+                w.ready = True
                 self._start_failures = 0
             elif frame.kind == ch.INIT_FAILED:
                 self._break(
