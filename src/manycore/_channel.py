@@ -179,6 +179,9 @@ class ParentChannel:
             self.sock.close()
             _close_all(self._reader.fds)
             self._reader.fds.clear()
+            # The check is usually a bound method of the object that owns this channel: without this, a closed
+            # worker's status page and segments would wait for the cyclic garbage collector.
+            self._reader.check = None
 
 
 def _close_all(fds: tuple[int, ...] | deque[int]) -> None:
