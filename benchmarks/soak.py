@@ -229,7 +229,7 @@ class Soak:
 
     def op_executor(self) -> None:
         items = self.items_for(self.rng.randint(2, 20), 0.08)
-        with manycore.Executor(self.workers) as ex:
+        with manycore.Executor(self.workers, task_timeout=TIMEOUT) as ex:
             futures = [ex.submit(task, item) for item in items]
             for item, fut in zip(items, futures):
                 error = fut.exception(120)
