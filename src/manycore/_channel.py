@@ -16,6 +16,12 @@ import os
 import struct
 from collections import deque
 
+TYPE_CHECKING = False  # see manycore/__init__.py: workers avoid importing typing
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    Check = Callable[[int, int, int, int, int], None]
+
 HEADER = struct.Struct("<BQQQQ")
 
 # Frame kinds, parent -> worker.
@@ -29,6 +35,10 @@ RECYCLE_MAX = 16 << 20  # a recycled frame body is kept up to this size
 # user's process starts (os.system, subprocess with close_fds=False) must not inherit a segment.
 RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 MAX_FDS = 16  # file descriptors one recvmsg can take (shared-memory segments travel as memfds)
+
+
+class ProtocolError(Exception):
+    """A frame that the receiver's checks refuse: the peer is broken (or hostile), never this process."""
 
 
 def _rights(fds: tuple[int, ...] | list[int]) -> list[tuple[int, int, bytes]]:
@@ -139,8 +149,26 @@ class ParentChannel:
             _close_all(fds)
         self._backlog.clear()
 
+    def set_check(self, check: Check) -> None:
+        """Have every frame header that arrives from now on checked (see ``FrameReader``)."""
+        self._reader.check = check
+
+    @property
+    def error(self) -> ProtocolError | None:
+        """The first frame the reader's ``check`` refused; nothing after it is read."""
+        return self._reader.error
+
+    @property
+    def partial(self) -> bool:
+        """Part of a frame has arrived and the rest has not (its descriptors may already be in ``fds``)."""
+        return self._reader.partial
+
     def read_frames(self) -> list[Frame] | None:
-        """Read whatever the socket holds; complete frames in order, or None once the worker has closed it."""
+        """Read whatever the socket holds; complete frames in order, or None once the worker has closed it.
+
+        After a frame that ``check`` refuses, this returns the frames before it and then nothing more: see
+        ``error``.
+        """
         try:
             return self._reader.read()
         except (BlockingIOError, InterruptedError):
@@ -155,6 +183,9 @@ class ParentChannel:
             self.sock.close()
             _close_all(self._reader.fds)
             self._reader.fds.clear()
+            # The check is usually a bound method of the object that owns this channel: without this, a closed
+            # worker's status page and segments would wait for the cyclic garbage collector.
+            self._reader.check = None
 
 
 def _close_all(fds: tuple[int, ...] | deque[int]) -> None:
@@ -175,8 +206,12 @@ class FrameReader:
 
     BUFFER = 256 << 10
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, check: Check | None = None) -> None:
         self._sock = sock
+        # Called with (kind, chunk id, a, b, length) of each header before anything is allocated for its body;
+        # raises ProtocolError to refuse the frame. The parent checks what workers send; workers trust it.
+        self.check = check
+        self.error: ProtocolError | None = None
         self._buf = bytearray(self.BUFFER)
         self._start = 0  # unparsed bytes are self._buf[self._start:self._end]
         self._end = 0
@@ -210,8 +245,14 @@ class FrameReader:
         ):
             self._spare = owner
 
+    @property
+    def partial(self) -> bool:
+        return self._body is not None or self._start != self._end
+
     def read(self) -> list[Frame] | None:
         """Frames completed by one read, [] if none yet, None at EOF (the peer has closed its end)."""
+        if self.error is not None:
+            return []  # the stream cannot be trusted past a refused frame
         if self._body is not None:
             n = self._recv_into(memoryview(self._body)[self._got :])
             if n == 0:
@@ -239,8 +280,17 @@ class FrameReader:
     def _parse(self) -> list[Frame]:
         frames: list[Frame] = []
         buf = self._buf
+        check = self.check
         while self._end - self._start >= HEADER.size:
             kind, chunk_id, a, b, length = HEADER.unpack_from(buf, self._start)
+            if check is not None:
+                try:
+                    check(kind, chunk_id, a, b, length)
+                except ProtocolError as exc:
+                    # Keep the good frames before it; the receiver sees ``error`` once it has handled them.
+                    self.error = exc
+                    self._start = self._end = 0
+                    break
             body_start = self._start + HEADER.size
             available = self._end - body_start
             if length <= available:

@@ -162,7 +162,8 @@ class Pool:
 
     def __repr__(self) -> str:
         return (
-            f"<manycore.Pool state={self._scheduler.state.value} processes={self._processes} "
+            f"<manycore.Pool state={'broken' if self._scheduler.broken else self._scheduler.state.value} "
+            f"processes={self._processes} "
             f"start_method={self._scheduler.start_method!r}>"
         )
 

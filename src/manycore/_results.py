@@ -36,14 +36,41 @@ WINDOW_CHUNKS_PER_WORKER = 3
 
 
 def _run_callback(fn: Callable[[Any], object] | None, arg: object) -> None:
+    """Run a user's ``callback``/``error_callback``; what it raises is reported, and the pool goes on.
+
+    Callbacks run in the pool's supervisor thread (or whichever thread settles the call), which delivers every
+    other result: an exception there must not stop it. ``multiprocessing.pool`` lets it kill its result thread
+    (reported by ``threading.excepthook``, then every later call hangs); manycore reports it the same way, as an
+    exception in that thread, and carries on. ``SystemExit`` (a callback calling ``sys.exit()``) is reported too,
+    not obeyed: a callback cannot end the program from the pool's thread. Only a ``KeyboardInterrupt`` in the main
+    thread (a real Ctrl-C while a callback ran there) propagates.
+    """
     if fn is None:
         return
     try:
         fn(arg)
-    except Exception:
-        # A failing callback must not kill the thread that delivers every other result.
-        print(f"manycore: exception in callback {fn!r}:", file=sys.stderr)
-        traceback.print_exc()
+    except BaseException as exc:  # see above: SystemExit too
+        if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+            raise
+        _report_callback_error(fn, exc)
+
+
+def _report_callback_error(fn: Callable[[Any], object], exc: BaseException) -> None:
+    note = f"manycore: raised by the callback {fn!r}; ignored, the pool goes on"
+    hook = threading.excepthook
+    if isinstance(exc, SystemExit) and hook is threading.__excepthook__:
+        # The standard hook is silent about SystemExit (a thread may end that way); a callback may not.
+        print(f"{note}:", file=sys.stderr)
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+        return
+    if sys.version_info >= (3, 11):
+        exc.add_note(note)
+    else:
+        print(f"{note}:", file=sys.stderr)
+    try:
+        hook(threading.ExceptHookArgs((type(exc), exc, exc.__traceback__, threading.current_thread())))
+    except Exception:  # a broken hook must not stop the pool either
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
 
 
 def _interruptible(scheduler: SchedulerBase, wait: Callable[[], bool]) -> bool:

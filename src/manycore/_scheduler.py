@@ -76,7 +76,14 @@ from ._worker import (
     UNLOADABLE,
     thread_ids,
 )
-from .errors import InitializerError, PoolClosedError, SerializationError, TaskTimeoutError, WorkerLostError
+from .errors import (
+    InitializerError,
+    PoolBrokenError,
+    PoolClosedError,
+    SerializationError,
+    TaskTimeoutError,
+    WorkerLostError,
+)
 
 DEPTH = 2  # chunks a worker holds: the one it runs and the next, already in its socket
 START_FAILURES_LIMIT = 5  # consecutive workers dying before READY: the pool cannot start workers
@@ -89,6 +96,10 @@ SOCKET_BUFFER = 4 << 20
 # segment, would otherwise need 20,000 descriptors here and 40,000 in the workers (RLIMIT_NOFILE is often
 # 1,024), and as many mappings (vm.max_map_count is 65,530).
 MAX_MAPPED_RESULTS = 64
+# No frame from a worker may be larger than this machine's memory: a longer length is a forged or garbled header,
+# refused before anything is allocated for it.
+MAX_BODY = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+RESULT_FLAGS = PARTIAL | OUT_OF_BAND | INPUT_KEPT | UNLOADABLE | NO_FUNCTION
 
 
 READ = select.EPOLLIN
@@ -139,6 +150,7 @@ class Worker:
     __slots__ = (
         "accepting",
         "assigned",
+        "bad_frame",
         "behind",
         "broadcasts",
         "channel",
@@ -178,6 +190,9 @@ class Worker:
         # Whoever reads the worker's socket holds this: the supervisor, or a caller it is lent to (``run_lent``).
         self.reading = threading.Lock()
         self.lent = False
+        self.bad_frame: str | None = None  # why the supervisor killed it for what it sent
+        channel.set_check(self.check_frame)
+
         # Work stealing (see Scheduler._steal_locked). Chunks queued behind another get a token; ``unstarted``
         # holds the ids of those sent whose token may still be in the pipe, in the order they entered the
         # socket; ``token_lock`` makes "write the token, send the frame, note the id" one step.
@@ -193,6 +208,37 @@ class Worker:
                 if fd >= 0:
                     os.close(fd)
             self.tokens = (-1, -1)
+
+    def check_frame(self, kind: int, chunk_id: int, a: int, b: int, length: int) -> None:
+        """Refuse a frame header this worker cannot legitimately send, before its body is allocated or read.
+
+        Runs in whichever thread reads the socket (holding ``reading``). The chunk id is what matters most: the
+        parent unpickles a result only for a chunk it gave this worker, at most once (see ``Scheduler._read``).
+        """
+        if kind == ch.RESULT:
+            if chunk_id not in self.inflight:
+                raise ch.ProtocolError(f"a result for chunk {chunk_id}, which it was not running")
+            if b & ~RESULT_FLAGS:
+                raise ch.ProtocolError(f"a result with unknown flags {b:#x}")
+        elif kind == ch.READY:
+            if self.ready or chunk_id or length:
+                raise ch.ProtocolError("a second or malformed READY message")
+            if self.pid is not None and a != self.pid:
+                # The pid is the one the supervisor will SIGKILL: never take another process's from a worker.
+                raise ch.ProtocolError(f"READY with pid {a}, but its pid is {self.pid}")
+        elif kind == ch.INIT_FAILED:
+            if self.ready:
+                raise ch.ProtocolError("INIT_FAILED after READY")
+        elif kind == ch.SKIPPED:
+            # Not matched against ``skips``: the thread that took the chunk back counts it under the scheduler
+            # lock, possibly just after this reader sees the worker's answer. An unasked SKIPPED changes nothing
+            # but the count, which the next one puts right.
+            if length:
+                raise ch.ProtocolError("a malformed SKIPPED message")
+        else:
+            raise ch.ProtocolError(f"a message of unknown kind {kind}")
+        if length > MAX_BODY:
+            raise ch.ProtocolError(f"a message of {length} bytes, more than this machine's memory")
 
     def needs_function(self, key: int) -> bool:
         seen = self.known_fns.get(key)
@@ -283,6 +329,7 @@ class Scheduler(SchedulerBase):
         self._start_failures = 0
         self._taken_back = 0  # chunks an idle worker took from a busy one (statistics)
         self._watch_writes = True
+        self._crash = False  # the supervisor failed (_crashed): stop the workers without waiting for them
         # The launcher first: a fork server boots while this thread imports cloudpickle and pickles the
         # initializer (W6: the two overlap on separate cores).
         self._launcher: Launcher = make_launcher(start_method, worker_env)
@@ -336,7 +383,9 @@ class Scheduler(SchedulerBase):
         for w in [*self._workers.values(), *self._lost]:
             with contextlib.suppress(OSError):
                 w.channel.sock.close()
-            for fd in w.tokens:  # not close_tokens(): its lock may have been held by another thread at the fork
+            for (
+                fd
+            ) in w.tokens:  # not close_tokens(): its lock may have been held by another thread at the fork
                 if fd >= 0:
                     with contextlib.suppress(OSError):
                         os.close(fd)
@@ -715,19 +764,45 @@ class Scheduler(SchedulerBase):
 
     def _supervise(self) -> None:
         try:
-            with self._lock:
-                for _ in range(self.processes):
-                    self._start_worker_locked()
-                assignments = self._assign_locked()  # calls submitted before the workers existed
-            self._send(assignments)
-            while not self._housekeeping():
-                done = self._poll(self._poll_timeout())
-                # Delivering wakes a waiting caller, which then needs the GIL: do it last, right before this
-                # thread blocks in select() again and lets the caller run.
-                self._deliver(done)
-                del done  # not kept while blocked in the next poll: it holds the calls' arguments
+            try:
+                with self._lock:
+                    for _ in range(self.processes):
+                        self._start_worker_locked()
+                    assignments = self._assign_locked()  # calls submitted before the workers existed
+                self._send(assignments)
+                while not self._housekeeping():
+                    done = self._poll(self._poll_timeout())
+                    # Delivering wakes a waiting caller, which then needs the GIL: do it last, right before this
+                    # thread blocks in select() again and lets the caller run.
+                    self._deliver(done)
+                    del done  # not kept while blocked in the next poll: it holds the calls' arguments
+            except BaseException as exc:  # SystemExit too: nothing else would ever tell the callers
+                self._crashed(exc)
+            finally:
+                self._shutdown()
         finally:
-            self._shutdown()
+            # Even if shutting down failed: join() and terminate() must not wait for a thread that is gone.
+            _live.discard(self)
+            self._stopped.set()
+
+    def _crashed(self, exc: BaseException) -> None:
+        """The supervisor hit an exception it has no handling for: break the pool loudly, never hang.
+
+        Nothing would read results or replace workers any more, so a pool that went on accepting calls would
+        hang them. Every waiting and later call raises ``PoolBrokenError`` (the exception as its cause); the
+        workers are killed by ``_shutdown``.
+        """
+        error = PoolBrokenError(
+            f"the pool's supervisor thread failed with {type(exc).__name__}: {exc}; the pool is broken and its "
+            "workers were stopped. Create a new pool"
+        )
+        self._break(error, exc)
+        with self._lock:
+            self._crash = True
+            workers = list(self._workers.values()) + self._lost
+        for w in workers:
+            w.kill()
+        self._fail_everything(self.broken or error)
 
     def _poll_timeout(self) -> float | None:
         if self._lost:
@@ -772,19 +847,49 @@ class Scheduler(SchedulerBase):
         return done
 
     def _read(self, w: Worker, results: list[tuple[Worker, ch.Frame]]) -> bool:
-        """Read what a worker sent (the caller holds ``w.reading``); False at EOF."""
-        frames = w.channel.read_frames()
+        """Read what a worker sent (the caller holds ``w.reading``); False at EOF or for a refused frame.
+
+        Every header was checked before its body was read (``Worker.check_frame``); what only the whole read
+        shows is checked here: one result per chunk, and descriptors exactly where frames announce them. A
+        worker that breaks the protocol is killed and handled as lost, so its item fails with a
+        ``WorkerLostError`` that says why; the parent never unpickles anything from the refused frame on.
+        """
+        channel = w.channel
+        if channel.error is not None or w.bad_frame is not None:
+            return self._refuse(w, channel.error)
+        frames = channel.read_frames()
         if frames is None:
             return False
+        # Check the whole read before acting on any of it: nothing from a read with a refused frame is unpickled.
+        fds = channel.fds
+        reason: object = channel.error
+        answered: set[int] = set()
+        announced = 0
+        for frame in frames:
+            if frame.kind == ch.RESULT:
+                if frame.chunk_id in answered:
+                    reason = f"a second result for chunk {frame.chunk_id}"
+                answered.add(frame.chunk_id)
+                announced += bool(frame.b & OUT_OF_BAND)
+        # Descriptors travel with a frame's first byte, at most one frame's per read: beyond the segments the
+        # results announce, only the one of a frame still arriving may be there.
+        if announced > len(fds):
+            reason = reason or "a result announcing a shared-memory segment it did not send"
+        elif len(fds) - announced > (1 if channel.partial else 0):
+            reason = reason or "file descriptors that no message announced"
+        if reason is not None:
+            return self._refuse(w, reason)
         for frame in frames:
             if frame.kind == ch.RESULT:
                 if frame.b & OUT_OF_BAND:
-                    frame.fd = w.channel.fds.popleft()
+                    frame.fd = fds.popleft()
                 results.append((w, frame))
             elif frame.kind == ch.SKIPPED:
                 results.append((w, frame))
             elif frame.kind == ch.READY:
-                w.pid, w.ready = frame.a, True
+                # Not the pid it names: that is the one the supervisor would SIGKILL, and an initializer could
+                # forge it. The launcher's pid (or the fork server's report, soon after the fork) is the truth.
+                w.ready = True
                 self._start_failures = 0
             elif frame.kind == ch.INIT_FAILED:
                 what = (
@@ -797,6 +902,12 @@ class Scheduler(SchedulerBase):
                 )
         return True
 
+    def _refuse(self, w: Worker, reason: object) -> bool:
+        if w.bad_frame is None:
+            w.bad_frame = str(reason)
+        w.kill()  # its pid unknown yet: _on_control kills it when the fork server reports the pid
+        return False
+
     def _on_control(self) -> None:
         forked = self._launcher.on_readable()
         with self._lock:
@@ -804,7 +915,7 @@ class Scheduler(SchedulerBase):
                 w = self._workers.get(wid) or next((x for x in self._lost if x.wid == wid), None)
                 if w is not None and w.pid is None:
                     w.pid = pid
-                    if w.timed_out is not None or self.state is State.TERMINATED:
+                    if w.timed_out is not None or w.bad_frame is not None or self.state is State.TERMINATED:
                         w.kill()
         if self._launcher.control_fd is None and self._control_fd is not None:
             # The fork server died: no more workers can start, which makes the pool broken.
@@ -826,6 +937,9 @@ class Scheduler(SchedulerBase):
                     w.skips -= 1  # it has passed a chunk taken back from it: it may get chunks again
                     continue
                 chunk = w.inflight.pop(frame.chunk_id, None)
+                if chunk is None and frame.fd is not None:  # the chunk was failed meanwhile
+                    os.close(frame.fd)
+                    frame.fd = None
                 if chunk is not None:
                     done.append((w, chunk, frame))
                     if chunk.segment is not None:
@@ -1107,6 +1221,14 @@ class Scheduler(SchedulerBase):
                 index=None if single else index,
                 timeout=limit,
             )
+        if w.bad_frame is not None:
+            return WorkerLostError(
+                f"the worker process (pid {w.pid}) running {what} sent the parent a malformed message "
+                f"({w.bad_frame}); it was killed and replaced. Does the task write to descriptors it did not open?",
+                index=None if single else index,
+                pid=w.pid,
+                exitcode=exitcode,
+            )
         signame = None
         if exitcode is not None and exitcode < 0:
             with contextlib.suppress(ValueError):
@@ -1148,7 +1270,7 @@ class Scheduler(SchedulerBase):
             workers = list(self._workers.values())
             self._workers.clear()
             lost, self._lost = self._lost + self._unreaped, []
-        graceful = self.state is not State.TERMINATED
+        graceful = self.state is not State.TERMINATED and not self._crash
         deadline = time.monotonic() + 5
         for w in workers:
             if graceful:

@@ -8,6 +8,7 @@ The hierarchy::
      ├── SerializationError     (also multiprocessing.pool.MaybeEncodingError, and the standard type raised
      │                           there: the pickling error's own type, or BrokenProcessPool; see ``like``)
      ├── InitializerError       (also BrokenProcessPool: no worker can start)
+     ├── PoolBrokenError        (also BrokenProcessPool: the pool's supervisor failed; the cause is attached)
      └── PoolClosedError        (also ValueError, as multiprocessing.Pool raises after close())
 
     RemoteTraceback             multiprocessing.pool.RemoteTraceback: the worker-side traceback, attached as
@@ -26,6 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 __all__ = [
     "InitializerError",
     "ManycoreError",
+    "PoolBrokenError",
     "PoolClosedError",
     "RemoteTraceback",
     "SerializationError",
@@ -167,6 +169,15 @@ _MIXED: dict[type[BaseException], type[SerializationError]] = {}
 
 class InitializerError(ManycoreError, BrokenProcessPool):
     """The pool's ``initializer`` raised in a worker, so no worker can run tasks; the cause is attached."""
+
+
+class PoolBrokenError(ManycoreError, BrokenProcessPool):
+    """The pool's supervisor thread failed unexpectedly, so the pool can run nothing more.
+
+    Every call still waiting and every later call raises it; the workers have been stopped. The exception that
+    stopped the supervisor is attached as ``__cause__`` (a bug in manycore, or e.g. a ``SystemExit`` raised while
+    a result was unpickled in the parent). Create a new pool to go on.
+    """
 
 
 class PoolClosedError(ManycoreError, ValueError):
