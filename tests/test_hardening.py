@@ -1,7 +1,7 @@
 """Hardening: frames from workers are checked, and the supervisor thread cannot die silently.
 
 Real workers forge real frames on their own sockets (``hardening_tasks.forge``); real callbacks raise and call
-``sys.exit()``; a real result unpickles into a ``SystemExit`` in the parent's supervisor thread.
+``sys.exit()``; a real result unpickles into a ``KeyboardInterrupt`` in the parent's supervisor thread.
 """
 
 from __future__ import annotations
@@ -161,11 +161,18 @@ def test_sys_exit_in_callback_printed() -> None:
 # ---- the supervisor itself fails -----------------------------------------------------------------------------
 
 
+def _interrupt() -> None:
+    raise KeyboardInterrupt("unpickled a result that interrupts")
+
+
 class ExitsWhenUnpickled:
-    """Pickles fine in the worker; unpickling it in the parent raises SystemExit in the supervisor thread."""
+    """Pickles fine in the worker; unpickling it in the parent raises KeyboardInterrupt in the supervisor thread.
+
+    (A SystemExit or any other exception there is that item's error: see tests/faults/test_pickling_errors.py.
+    A KeyboardInterrupt is not swallowed, so it reaches the supervisor loop itself: a real failure of it.)"""
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (sys.exit, ("unpickled a result that exits",))
+        return (_interrupt, ())
 
 
 def exits_when_unpickled(_: object) -> ExitsWhenUnpickled:
@@ -181,9 +188,9 @@ def test_supervisor_failure_breaks_the_pool_loudly(start_method: str, no_leftove
         workers = pool.statistics()["workers"]
         assert workers == 2
         pending = pool.apply_async(exits_when_unpickled, (0,))
-        with pytest.raises(PoolBrokenError, match="SystemExit") as info:
+        with pytest.raises(PoolBrokenError, match="KeyboardInterrupt") as info:
             pending.get(30)
-        assert isinstance(info.value.__cause__, SystemExit)
+        assert isinstance(info.value.__cause__, KeyboardInterrupt)
         for call in (
             lambda: pool.map(square, range(3)),
             lambda: pool.apply(square, (1,)),
