@@ -46,7 +46,18 @@ class State(enum.Enum):
 class Chunk:
     """Consecutive items of one job, sent and answered as one message."""
 
-    __slots__ = ("broadcasts", "buffers", "cid", "first", "items", "job", "origin", "payload", "segment")
+    __slots__ = (
+        "block",
+        "broadcasts",
+        "buffers",
+        "cid",
+        "first",
+        "items",
+        "job",
+        "origin",
+        "payload",
+        "segment",
+    )
 
     def __init__(self, job: Job, first: int, items: Sequence[Any], origin: int | None = None) -> None:
         self.cid = 0
@@ -58,6 +69,8 @@ class Chunk:
         self.buffers: list[pickle.PickleBuffer] = []  # those buffers
         self.segment: _shm.Segment | None = None  # the shared memory they occupy while in flight
         self.broadcasts: set[int] = set()  # ids of the broadcast handles in the items
+        # Items the worker tracks as one (see _worker.run_items): set when the chunk is sent; 1 tracks each.
+        self.block = 1
 
     def part(self, start: int, stop: int) -> Chunk:
         return Chunk(self.job, self.first + start, self.items[start:stop], self.origin)

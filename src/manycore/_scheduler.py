@@ -64,6 +64,8 @@ from ._serialize import (
     unpack_exception,
 )
 from ._worker import (
+    BLOCK_SHIFT,
+    FN_SHIFT,
     FUNCTION_CACHE,
     INPUT_KEPT,
     NO_FUNCTION,
@@ -603,7 +605,16 @@ class Scheduler(SchedulerBase):
             for bid in wanted - w.broadcasts:
                 backlog |= self._send_broadcast(w, bid)
             fn = job.fn_blob if with_fn else b""
-            flags = len(fn) << 3 | (TRACK_ITEMS if job.task_timeout is not None else 0)
+            if job.task_timeout is None and len(chunk.items) > 1:
+                shift = job.chunker.block_shift()  # before the send: _recover reads chunk.block
+                chunk.block = 1 << shift
+            else:
+                shift, chunk.block = 0, 1  # a deadline needs each item's start time
+            flags = (
+                len(fn) << FN_SHIFT
+                | shift << BLOCK_SHIFT
+                | (TRACK_ITEMS if job.task_timeout is not None else 0)
+            )
             if chunk.buffers:
                 segment = self._segments.acquire(_shm.layout_size(chunk.buffers))
                 data = _shm.pack(chunk.payload, chunk.buffers, segment)
@@ -1191,17 +1202,25 @@ class Scheduler(SchedulerBase):
                 elif offset < 0:
                     requeue.extend(chunk.solos())
                 else:
-                    index = chunk.first + offset
+                    # With blocks (see _worker.run_items) the worker died on one of the block's items, not
+                    # known which: each is a suspect, failed (at most once) or retried alone, where a second
+                    # death names the culprit.
+                    stop = min(offset + (chunk.block if w.timed_out is None else 1), len(chunk.items))
                     if offset:
                         requeue.append(chunk.part(0, offset))
-                    culprit = chunk.part(offset, offset + 1)
-                    tries = chunk.job.attempts[index] = chunk.job.attempts.get(index, 0) + 1
-                    if tries <= chunk.job.retries:
-                        requeue.append(culprit)
-                    else:
-                        failures.append((culprit, self._loss_error(w, exitcode, chunk, index)))
-                    if offset + 1 < len(chunk.items):
-                        requeue.append(chunk.part(offset + 1, len(chunk.items)))
+                    for k in range(offset, stop):
+                        index = chunk.first + k
+                        culprit = chunk.part(k, k + 1)
+                        tries = chunk.job.attempts[index] = chunk.job.attempts.get(index, 0) + 1
+                        if tries <= chunk.job.retries:
+                            requeue.append(culprit)
+                        else:
+                            span = (
+                                (chunk.first + offset, chunk.first + stop - 1) if stop - offset > 1 else None
+                            )
+                            failures.append((culprit, self._loss_error(w, exitcode, chunk, index, span)))
+                    if stop < len(chunk.items):
+                        requeue.append(chunk.part(stop, len(chunk.items)))
             w.inflight.clear()
             w.close_tokens()
             self._retry.extendleft(reversed(requeue))
@@ -1210,9 +1229,19 @@ class Scheduler(SchedulerBase):
         for culprit, exc in failures:
             culprit.job.deliver(culprit, [None], {0: exc})
 
-    def _loss_error(self, w: Worker, exitcode: int | None, chunk: Chunk, index: int) -> BaseException:
+    def _loss_error(
+        self, w: Worker, exitcode: int | None, chunk: Chunk, index: int, span: tuple[int, int] | None = None
+    ) -> BaseException:
         single = chunk.job.kind == ch.CALL
         what = "the call" if single else f"item #{index}"
+        block = ""
+        if span is not None:
+            what = f"one of items #{span[0]}-#{span[1]}"
+            block = (
+                f"; item #{index} is one of them: they ran as one block of fast items, so which one was running "
+                "is not known, and none of them runs again (at most once). Pass chunksize=1 or a "
+                "task_timeout to track each item"
+            )
         if w.timed_out is not None:
             limit = chunk.job.task_timeout
             return TaskTimeoutError(
@@ -1245,7 +1274,7 @@ class Scheduler(SchedulerBase):
             "SIGSEGV": " (a segmentation fault, usually in C code)",
         }.get(signame or "", "")
         return WorkerLostError(
-            f"the worker process (pid {w.pid}) running {what} {how}{hint}",
+            f"the worker process (pid {w.pid}) running {what} {how}{hint}{block}",
             index=None if single else index,
             pid=w.pid,
             exitcode=exitcode,

@@ -45,10 +45,12 @@ STATUS_SIZE = mmap.PAGESIZE
 # of this (see Worker.needs_function in _scheduler), so an evicted function is never needed.
 FUNCTION_CACHE = 1024
 
-# Flag bits. Task frames: b = fn_len << 3 | TOKEN | OUT_OF_BAND | TRACK_ITEMS. TOKEN: the chunk was queued
-# behind another, so the parent may take it back for an idle worker; the worker runs it only if it gets a
-# token byte from its token pipe first (see Scheduler._steal_locked).
+# Flag bits. Task frames: b = fn_len << 8 | k << 3 | TOKEN | OUT_OF_BAND | TRACK_ITEMS. TOKEN: the chunk was
+# queued behind another, so the parent may take it back for an idle worker; the worker runs it only if it gets
+# a token byte from its token pipe first (see Scheduler._steal_locked). k: the status page names blocks of
+# 2**k items rather than each item (see run_items).
 TRACK_ITEMS, OUT_OF_BAND, TOKEN = 1, 2, 4
+BLOCK_SHIFT, FN_SHIFT = 3, 8  # k sits in bits 3-7 (0..31), the function's length above
 # RESULT frames: b = PARTIAL (some items carry an error) | OUT_OF_BAND | INPUT_KEPT (the task kept a view
 # of its input segment, which the parent must then not reuse) | UNLOADABLE (the chunk's items could not be
 # unpickled here: the body is the text of that error, and nothing ran) | NO_FUNCTION (the chunk came without
@@ -92,6 +94,7 @@ def run_items(
     first: int,
     track: Callable[[int], None] | None,
     progress: memoryview | None = None,
+    block: int = 1,
 ) -> tuple[list[Any], dict[int, bytes]]:
     """Apply fn to every item; an item that raises records its error and the others still run.
 
@@ -100,10 +103,17 @@ def run_items(
     C code as each item is pulled, with no Python call per item: ``zip`` pulls the ``setitem`` first, then the
     item, and ``map`` calls fn on it before it pulls the next one, so the page names item k while fn runs on
     item k, never one ahead. Past the last item it reads ``len(items)``.
+
+    That write still costs ~75 ns an item, as much as a cheap item itself (W1). So for items the parent
+    measured as cheap it asks for ``block`` > 1: the page gets the first offset of each run of at most
+    ``block`` items, written before any of them starts, and the parent counts a worker that dies there as
+    dead on one of those items (see Scheduler._recover).
     """
     values: list[Any] = []
     errors: dict[int, bytes] = {}
     it = iter(items)
+    if progress is not None and track is None and block > 1:
+        return _run_blocks(fn, it, star, first, progress, block)
     if progress is not None and track is None:
         writes = map(setitem, itertools.repeat(progress), itertools.repeat(1), itertools.count())  # type: ignore[arg-type]
         it = map(_SECOND, zip(writes, it))
@@ -126,6 +136,33 @@ def run_items(
         ) as exc:  # SystemExit from a task is that item's error, not the worker's
             errors[len(values)] = pack_exception(exc, first + len(values))
             values.append(None)
+
+
+def _run_blocks(
+    fn: Callable[..., Any], it: Any, star: bool, first: int, progress: memoryview, block: int
+) -> tuple[list[Any], dict[int, bytes]]:
+    """run_items in blocks: the page names the offset before each block of at most ``block`` items.
+
+    After an item raises, the next block starts right after it (the boundaries shift): the parent only relies
+    on "the block named by offset s holds items s to s + block - 1 at most", which stays true.
+    """
+    values: list[Any] = []
+    errors: dict[int, bytes] = {}
+    apply = itertools.starmap if star else map
+    islice = itertools.islice
+    while True:
+        start = len(values)
+        progress[1] = start
+        try:
+            values.extend(apply(fn, islice(it, block)))
+        except (Exception, SystemExit) as exc:  # that item's error, as in run_items
+            errors[len(values)] = pack_exception(exc, first + len(values))
+            values.append(None)
+            continue
+        if len(values) - start < block:
+            # Past the last item, as run_items: a death while pickling the results is not these items' fault.
+            progress[1] = len(values)
+            return values, errors
 
 
 def _pack_values(values: list[Any], errors: dict[int, bytes], first: int) -> tuple[int, bytes]:
@@ -380,7 +417,7 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
             if lent is not None:
                 _RESULT_SEGMENTS.release(lent, reusable=True)
             continue
-        fn_len, track, oob = frame.b >> 3, frame.b & TRACK_ITEMS, frame.b & OUT_OF_BAND
+        fn_len, track, oob = frame.b >> FN_SHIFT, frame.b & TRACK_ITEMS, frame.b & OUT_OF_BAND
         body = memoryview(frame.body)
         if fn_len:
             try:
@@ -429,7 +466,13 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
         else:
             # A one-item chunk needs no tracking: offset 0 was written before unpickling.
             values, errors = run_items(
-                fn, data, frame.kind == ch.STARMAP, first, tracker, progress if len(data) > 1 else None
+                fn,
+                data,
+                frame.kind == ch.STARMAP,
+                first,
+                tracker,
+                progress if len(data) > 1 else None,
+                1 << (frame.b >> BLOCK_SHIFT & 31),
             )
         elapsed = time.perf_counter_ns() - started
         if tracker is not None:

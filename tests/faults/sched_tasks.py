@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import mmap
 import os
+import signal
 import time
 
 from .tasks import do_fault
@@ -53,3 +55,30 @@ class DiesWhenPickled:
 def result_kills_worker(x: int, *, bad: int, log_dir: str) -> object:
     log_run(x, log_dir)
     return DiesWhenPickled() if x == bad else x * x
+
+
+# Run counters for cheap items, one byte per item in a file mapped once per worker: a file per run (log_run)
+# costs tens of µs, which would make the items too slow for the worker to track them in blocks.
+_COUNTERS: dict[str, mmap.mmap] = {}
+
+
+def make_counters(path: str, n: int) -> None:
+    with open(path, "wb") as f:
+        f.write(bytes(n))
+
+
+def counts(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def count_and_kill(x: int, *, bad: int, path: str) -> int:
+    """Counts the run of x (cheaply), then item `bad` SIGKILLs its worker every time it runs."""
+    counters = _COUNTERS.get(path)
+    if counters is None:
+        with open(path, "r+b") as f:
+            counters = _COUNTERS[path] = mmap.mmap(f.fileno(), 0)
+    counters[x] += 1
+    if x == bad:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * x
