@@ -19,6 +19,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -41,6 +42,25 @@ def _clean_path(path: list[str]) -> str:
     The paths travel as a literal: nothing may be imported to decode them.
     """
     return f"import sys; sys.path[:] = {path!r}; "
+
+
+# Held while manycore forks a worker from the user's process and while it starts an interpreter (a fork server
+# or a spawned worker) with subprocess. ``Popen`` waits until the new program has exec'd, which it learns when the
+# last copy of an internal pipe's write end closes; a worker forked at that moment by another pool's supervisor
+# thread kept a copy for its whole life, and the ``Popen`` (a new pool's fork server) waited as long (seen in the
+# soak run: the main thread stuck in ``Popen._execute_child``). A program's own ``subprocess`` calls from other
+# threads can meet the same fate with ``start_method="fork"``, as with any fork in a threaded program.
+_LAUNCH_LOCK = threading.Lock()
+
+
+def _new_launch_lock() -> None:
+    # A child of any fork (a forked worker, or the program's own os.fork()) may have copied the lock held: a
+    # pool it creates needs a free one.
+    global _LAUNCH_LOCK
+    _LAUNCH_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_launch_lock)
 
 
 class Launcher:
@@ -85,7 +105,8 @@ class ForkLauncher(Launcher):
     ) -> int | None:
         if self._limits:
             _worker.loaded_blas.prepare()  # again each time: the user may have loaded a BLAS meanwhile
-        pid = os.fork()
+        with _LAUNCH_LOCK:
+            pid = os.fork()
         if pid == 0:
             # The child must not hold other workers' parent ends, or their EOF would never be seen.
             for fd in close_in_child:
@@ -124,9 +145,10 @@ class SpawnLauncher(Launcher):
             f"{_clean_path(sys.path)}from manycore._worker import spawn_main; "
             f"spawn_main({child.fileno()}, {status_fd}, sys.path[:], {self._preload!r})"
         )
-        proc = subprocess.Popen(
-            [sys.executable, "-c", code], pass_fds=(child.fileno(), status_fd), env=self._env
-        )
+        with _LAUNCH_LOCK:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", code], pass_fds=(child.fileno(), status_fd), env=self._env
+            )
         self._procs[proc.pid] = proc
         return proc.pid
 
@@ -148,12 +170,13 @@ class ForkServerLauncher(Launcher):
             f"{_clean_path(sys.path)}from manycore._zygote import main; import os; "
             f"main(int(sys.argv[1]), sys.path[:], {preload or []!r}); os._exit(0)"
         )
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", code, str(theirs.fileno())],
-            env={**os.environ, **(env or {})},
-            pass_fds=(theirs.fileno(),),
-            stdin=subprocess.DEVNULL,
-        )
+        with _LAUNCH_LOCK:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", code, str(theirs.fileno())],
+                env={**os.environ, **(env or {})},
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
         theirs.close()
         self._ctrl.setblocking(False)
         self.control_fd = self._ctrl.fileno()

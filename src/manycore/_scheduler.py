@@ -206,10 +206,10 @@ class Worker:
 
     def close_tokens(self) -> None:
         with self.token_lock:
-            for fd in self.tokens:
+            tokens, self.tokens = self.tokens, (-1, -1)  # forgotten first: see _shutdown's wake pipe
+            for fd in tokens:
                 if fd >= 0:
                     os.close(fd)
-            self.tokens = (-1, -1)
 
     def check_frame(self, kind: int, chunk_id: int, a: int, b: int, length: int) -> None:
         """Refuse a frame header this worker cannot legitimately send, before its body is allocated or read.
@@ -1332,9 +1332,13 @@ class Scheduler(SchedulerBase):
         with contextlib.suppress(OSError):
             self._selector.close()
         with self._wake_lock:
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            # Numbers forgotten before they are closed: a worker forked meanwhile by another pool's supervisor
+            # closes what it finds recorded here (_forked_away), and a closed number may already name its own
+            # status page or socket (seen: a forked worker's status page closed under it, EBADF).
+            wake = (self._wake_r, self._wake_w)
             self._wake_r = self._wake_w = -1
+            for fd in wake:
+                os.close(fd)
         _live.discard(self)
         self._stopped.set()
 

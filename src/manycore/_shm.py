@@ -76,8 +76,8 @@ class Segment:
             os.ftruncate(self.fd, self.size)
             self.map = mmap.mmap(self.fd, self.size, **_UNTRACKED)
         except BaseException as exc:
-            os.close(self.fd)
-            self.fd = -1  # or __del__ would close the number again, by then perhaps someone else's file
+            fd, self.fd = self.fd, -1  # or __del__ would close the number again, by then perhaps someone else's
+            os.close(fd)
             if isinstance(exc, OSError):
                 raise limit_error(exc, "a shared-memory segment") from exc
             raise
@@ -89,13 +89,15 @@ class Segment:
             import warnings
 
             warnings.warn(f"unclosed shared-memory segment of {self.size} bytes", ResourceWarning, 2)
-            os.close(self.fd)
-            self.fd = -1
+            fd, self.fd = self.fd, -1
+            os.close(fd)
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+            # The number is forgotten before it is closed: a child forked meanwhile by another thread must not
+            # find it still recorded here once it may name another file (see _scheduler._forked_away).
+            fd, self.fd = self.fd, -1
+            os.close(fd)
         try:  # noqa: SIM105 (no contextlib: workers import as little as they can)
             self.map.close()
         except BufferError:
@@ -333,8 +335,8 @@ def shared_array(shape: Any, dtype: Any = float, order: str = "C") -> Any:
 def _forget(base: int) -> None:
     segment = _SHARED.pop(base, None)
     if segment is not None and segment.fd >= 0:
-        os.close(segment.fd)  # the mapping stays while views of the array live
-        segment.fd = -1
+        fd, segment.fd = segment.fd, -1
+        os.close(fd)  # the mapping stays while views of the array live
 
 
 def find_shared(buffers: list[pickle.PickleBuffer]) -> tuple[Segment, list[tuple[int, int]]] | None:
