@@ -331,9 +331,8 @@ def blocked_source(event: threading.Event) -> Iterator[int]:
     yield 3
 
 
-@pytest.mark.parametrize("how", ["terminate", "close"])
-def test_generator_blocked_forever_does_not_block_the_pool(
-    start_method: str, how: str, no_leftover_processes: None
+def test_generator_blocked_forever_does_not_block_terminate(
+    start_method: str, no_leftover_processes: None
 ) -> None:
     release = threading.Event()
     try:
@@ -344,22 +343,68 @@ def test_generator_blocked_forever_does_not_block_the_pool(
         done = threading.Event()
 
         def stop() -> None:
-            if how == "terminate":
-                pool.terminate()
-            else:
-                pool.close()
+            pool.terminate()
             pool.join()
             done.set()
 
         threading.Thread(target=stop, daemon=True).start()
-        assert done.wait(20), f"{how}() + join() hung on a blocked generator"
-        if how == "terminate":
-            with pytest.raises(PoolClosedError):
-                next(it)
+        assert done.wait(20), "terminate() + join() hung on a blocked generator"
+        with pytest.raises(PoolClosedError):
+            next(it)
         del it
         gc.collect()
     finally:
         release.set()
+
+
+def test_close_join_waits_for_an_imap_input_then_every_result_is_there(
+    start_method: str, no_leftover_processes: None
+) -> None:
+    """As multiprocessing.Pool: after close(), join() waits until an imap's input is read to its end and every
+    result is in, whether or not anyone reads them; they can be read after join(). (A generator that blocks for
+    ever therefore blocks join(), as it does multiprocessing's; terminate() does not wait for it.)"""
+    release = threading.Event()
+    pool = manycore.Pool(2, start_method=start_method)
+    try:
+        it = pool.imap(square, blocked_source(release), chunksize=1)
+        assert next(it) == 1
+        pool.close()
+        done = threading.Event()
+
+        def join() -> None:
+            pool.join()
+            done.set()
+
+        threading.Thread(target=join, daemon=True).start()
+        assert not done.wait(1), "join() returned while the input was still to be read"
+        release.set()
+        assert done.wait(30), "join() hung after the input ended"
+        assert list(it) == [4, 9]
+    finally:
+        release.set()
+        pool.terminate()
+
+
+@pytest.mark.parametrize("call", ["imap", "imap_unordered", "executor_map"])
+def test_results_of_a_lazy_map_survive_close_and_join(
+    start_method: str, call: str, no_leftover_processes: None
+) -> None:
+    """`it = pool.imap(f, items); pool.close(); pool.join(); list(it)` and Executor.map read after the `with`
+    block: every result, as the standard library gives (it stopped after the first window, then hung)."""
+    n = 500
+    if call == "executor_map":
+        with manycore.Executor(2, start_method=start_method) as ex:
+            results = ex.map(square, range(n))
+        assert list(results) == [i * i for i in range(n)]
+        return
+    pool = manycore.Pool(2, start_method=start_method)
+    it = getattr(pool, call)(square, iter(range(n)), chunksize=1)
+    pool.close()
+    pool.join()
+    got = list(it)
+    assert sorted(got) == [i * i for i in range(n)]
+    if call == "imap":
+        assert got == [i * i for i in range(n)]
 
 
 def counting_source(seen: list[int]) -> Iterator[int]:

@@ -162,6 +162,10 @@ class Job:
         """The pool can run nothing more for this job (terminated, broken)."""
         raise NotImplementedError
 
+    def drain(self) -> None:
+        """The pool was closed while this uncounted job (an imap) was unfinished: it now runs to the end of its
+        input whether or not anyone reads its results, and finishes once every result is in (join waits)."""
+
 
 class SchedulerBase:
     """What every scheduler shares: job bookkeeping, dispatch order, the idle condition."""
@@ -285,9 +289,20 @@ class SchedulerBase:
             return list(self._dispatchable)
 
     def close(self) -> None:
+        draining: list[Job] = []
         with self._lock:
             if self.state is State.RUNNING:
                 self.state = State.CLOSED
+                # An imap's input advances only as its consumer reads, so it is not counted while the pool
+                # runs. Once the pool is closed it must run to the end, as multiprocessing's (which reads its
+                # whole input at once) does: `it = pool.imap(...); pool.close(); pool.join(); list(it)` is a
+                # common pattern, and it stopped after the first window, waiting for ever.
+                draining = [j for j in self._jobs if j.admitted and not j.closed and not j.counted]
+                for job in draining:
+                    job.counted = True
+                    self._active += 1
+        for job in draining:
+            job.drain()
         self._wake()
 
     def _next_chunk_locked(self) -> Chunk | None:

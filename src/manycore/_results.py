@@ -313,6 +313,8 @@ class IMapIterator(Job, Iterator[T]):
         self._window = WINDOW_CHUNKS_PER_WORKER * scheduler.processes
         self._max_ahead = max_ahead  # Executor.map's buffersize, in items
         self._feed = _Feed()
+        self._delivered = 0  # items whose results (or errors) are in
+        self._draining = False  # the pool was closed: finish once every result is in, read or not
 
     def start(self) -> None:
         """Start reading the input in the background; called once submitted.
@@ -360,7 +362,23 @@ class IMapIterator(Job, Iterator[T]):
         if items:
             self.queued.append(Chunk(self, first, items))
             self.scheduler.more_ready(self)
+        elif self._draining:
+            self._finish_drained()
         return not self._exhausted
+
+    def drain(self) -> None:
+        with self._cond:
+            self._draining = True
+            self._feed.unbounded = True
+            self._cond.notify_all()
+        self._finish_drained()
+
+    def _finish_drained(self) -> None:
+        with self._cond:
+            done = self._exhausted and self._delivered >= self._pulled
+        if done:
+            # Every result is stored for the consumer, who may read them after join(); the pool needs no more.
+            self.scheduler.job_finished(self)
 
     def _stop_feeding(self) -> None:
         with self._cond:
@@ -487,9 +505,12 @@ class IMapIterator(Job, Iterator[T]):
         with self._cond:
             self._pieces[chunk.first] = (chunk.origin, values, errors)
             self._arrivals.append(chunk.first)
+            self._delivered += len(values)
             self._cond.notify_all()
         if self._bar is not None:
             self._bar.update(len(values))
+        if self._draining:
+            self._finish_drained()
 
     def fail_all(self, exc: BaseException) -> None:
         with self._cond:
@@ -502,10 +523,11 @@ class IMapIterator(Job, Iterator[T]):
 class _Feed:
     """What an imap's feeder thread shares with its iterator besides the window: the order to stop."""
 
-    __slots__ = ("stop",)
+    __slots__ = ("stop", "unbounded")
 
     def __init__(self) -> None:
         self.stop = False
+        self.unbounded = False  # the pool was closed: read the whole input (see IMapIterator.drain)
 
 
 def _feed(
@@ -524,13 +546,15 @@ def _feed(
     """
     while True:
         with cond:
-            while not feed.stop and (
-                len(open_) >= window or (max_ahead is not None and sum(open_.values()) >= max_ahead)
+            while (
+                not feed.stop
+                and not feed.unbounded
+                and (len(open_) >= window or (max_ahead is not None and sum(open_.values()) >= max_ahead))
             ):
                 cond.wait()
             if feed.stop:
                 return
-            room = None if max_ahead is None else max_ahead - sum(open_.values())
+            room = None if max_ahead is None or feed.unbounded else max_ahead - sum(open_.values())
         it = ref()
         if it is None:
             return
