@@ -45,14 +45,6 @@ SCRIPT = textwrap.dedent(
         return os.getpid(), COUNT
 
 
-    def helper():
-        return "first"
-
-
-    def use_helper(_):
-        return helper()
-
-
     def boom(x):
         raise ValueError(f"boom {x}")  # the line the remote traceback must show
 
@@ -72,15 +64,6 @@ SCRIPT = textwrap.dedent(
     with manycore.Pool(2, initializer=init, initargs=(5,), start_method=method) as pool:
         out["pool_config"] = pool.map(read_config, range(8), chunksize=1)
         out["bumps"] = pool.map(bump, range(20), chunksize=1)
-        out["helper1"] = pool.map(use_helper, range(4), chunksize=1)
-
-        def helper():  # redefined, as in a notebook cell run again: a new task must use the new one
-            return "second"
-
-        def use_helper2(_):
-            return helper()
-
-        out["helper2"] = pool.map(use_helper2, range(4), chunksize=1)
         try:
             pool.apply(boom, (3,))
         except ValueError as exc:
@@ -97,9 +80,88 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def run_script(tmp_path: Path, start_method: str) -> dict[str, object]:
+# Globals filled in place (the standard library docs' initializer pattern, a memo dict), and the parent changing
+# a global after a worker has it. Pool(1) where it matters which worker ran what.
+STATE_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import os
+    import sys
+
+    import manycore
+
+    STATE = {}
+    CACHE = {}
+    CONN = None
+    K = 1
+    LATE = "before"
+
+
+    def init(tag):
+        global CONN
+        STATE["conn"] = f"{tag}-{os.getpid()}"  # filled in place: the name keeps the parent's (empty) dict
+        CONN = tag  # rebound
+
+
+    def read_state(_):
+        return os.getpid(), STATE.get("conn", "MISSING"), CONN
+
+
+    def memo(x):
+        CACHE[x] = True
+        return len(CACHE)
+
+
+    def cache_size(_):  # another function referencing CACHE, first sent after memo filled it
+        return len(CACHE)
+
+
+    def helper():
+        return "first"
+
+
+    def use_helper(_):
+        return helper()
+
+
+    def add_k(x):
+        return x + K
+
+
+    def read_late(_):
+        return LATE
+
+
+    method = sys.argv[1]
+    out = {}
+    with manycore.Pool(2, initializer=init, initargs=("db",), start_method=method) as pool:
+        out["state"] = pool.map(read_state, range(8), chunksize=1)
+    with manycore.Pool(1, start_method=method) as pool:
+        out["memo"] = pool.map(memo, range(3), chunksize=1)
+        out["cache_size"] = pool.apply(cache_size, (0,))
+        out["memo_again"] = pool.apply(memo, (9,))
+        out["helper1"] = pool.apply(use_helper, (0,))
+        out["k1"] = pool.apply(add_k, (0,))
+
+        def helper():  # redefined in the parent once the worker has the first one
+            return "second"
+
+        def use_helper2(_):
+            return helper()
+
+        K = 2
+        LATE = "after"  # changed before any worker has it
+        out["helper2"] = pool.apply(use_helper2, (0,))
+        out["k2"] = [pool.apply(add_k, (0,)), pool.apply(lambda x: x + K, (0,))]
+        out["late"] = pool.apply(read_late, (0,))
+    print(json.dumps(out))
+    """
+)
+
+
+def run_script(tmp_path: Path, start_method: str, text: str = SCRIPT) -> dict[str, object]:
     script = tmp_path / "user_script.py"
-    script.write_text(SCRIPT)
+    script.write_text(text)
     env = {**os.environ, "PYTHONPATH": SRC}
     proc = subprocess.run(
         [sys.executable, str(script), start_method],
@@ -127,9 +189,25 @@ def test_main_functions_share_one_namespace_per_worker(tmp_path: Path, start_met
         by_pid.setdefault(pid, []).append(count)
     for counts in by_pid.values():  # in the order the worker ran them, which need not be the input's
         assert sorted(counts) == list(range(1, len(counts) + 1)), by_pid
-    # A definition the parent changed reaches the workers (the worker never rebound that name itself).
-    assert out["helper1"] == ["first"] * 4
-    assert out["helper2"] == ["second"] * 4
+
+
+@pytest.mark.timeout(120)
+def test_main_globals_live_on_in_the_worker(tmp_path: Path, start_method: str) -> None:
+    """As in a module imported once per worker: a name the worker has is never replaced by a value the parent
+    sends later (first arrival wins), so what the worker's code filled in place or rebound lives on."""
+    out = run_script(tmp_path, start_method, STATE_SCRIPT)
+    # The initializer filled a dict in place (the standard library docs' pattern): every task sees it filled.
+    for pid, conn, tag in out["state"]:  # type: ignore[attr-defined]
+        assert (conn, tag) == (f"db-{pid}", "db"), out["state"]
+    # A memo dict filled by one task is not emptied when another function referencing it arrives.
+    assert out["memo"] == [1, 2, 3]
+    assert out["cache_size"] == 3
+    assert out["memo_again"] == 4
+    # The parent's later rebinding of a name the worker has is not seen there, as with multiprocessing's fork
+    # workers; a name first sent after the parent changed it arrives with its new value.
+    assert out["helper1"] == out["helper2"] == "first"
+    assert out["k1"] == 1 and out["k2"] == [1, 1]
+    assert out["late"] == "after"
 
 
 @pytest.mark.timeout(120)

@@ -1004,9 +1004,7 @@ class Scheduler(SchedulerBase):
                 if isinstance(exc, KeyboardInterrupt):
                     raise
                 if len(chunk.items) > 1:
-                    # One pickle holds the whole chunk: re-run its items one by one, so that only the
-                    # item whose result cannot be unpickled fails.
-                    self._one_by_one(chunk)
+                    self._unreadable_results(chunk, exc)
                     continue
                 # BrokenProcessPool: what concurrent.futures raises when it cannot unpickle a result.
                 err = SerializationError.like(BrokenProcessPool)(
@@ -1018,6 +1016,34 @@ class Scheduler(SchedulerBase):
                 )
                 values, errors = [None], {0: err}
             job.deliver(chunk, values, errors)
+
+    def _unreadable_results(self, chunk: Chunk, exc: BaseException) -> None:
+        """One message holds the results of the whole chunk, and it does not unpickle here: every item ran, none
+        of their results is readable. Each item counts an attempt, as in ``_recover``: with retries left it runs
+        again alone (then only the culprit fails); without, it fails, and never runs twice (at most once)."""
+        job = chunk.job
+        last = chunk.first + len(chunk.items) - 1
+        failed: list[Chunk] = []
+        with self._lock:
+            rerun: list[Chunk] = []
+            for solo in chunk.solos():
+                tries = job.attempts[solo.first] = job.attempts.get(solo.first, 0) + 1
+                (rerun if tries <= job.retries else failed).append(solo)
+            self._retry.extendleft(reversed(rerun))
+            assignments = self._assign_locked() if rerun else []
+        self._send(assignments)
+        for solo in failed:
+            # BrokenProcessPool: what concurrent.futures raises when it cannot unpickle a result.
+            err = SerializationError.like(BrokenProcessPool)(
+                f"the results of items #{chunk.first}-#{last} came back in one message that cannot be unpickled "
+                f"in the parent ({type(exc).__name__}: {exc}); item #{solo.first} is one of them, and none of "
+                "them runs again (at most once). Pass chunksize=1 (or retries=1) to find the item whose result "
+                "does not unpickle",
+                what="result",
+                index=solo.first,
+                detail=str(exc),
+            )
+            job.deliver(solo, [None], {0: err})
 
     def _one_by_one(self, chunk: Chunk) -> None:
         with self._lock:

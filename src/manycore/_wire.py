@@ -50,8 +50,6 @@ def dumps(obj: object) -> bytes:
 # every such function is rebuilt on this one dict, so a global set by the initializer or by a task is seen by
 # all later tasks of this worker, as the names of an imported module are.
 MAIN_GLOBALS: dict[str, Any] = {}
-# For each name, the object the parent last sent for it. The worker's code owns a name it has rebound since.
-_SENT: dict[str, Any] = {}
 
 
 def main_function(code: Any, base_globals: dict[str, Any], name: Any, argdefs: Any, closure: Any) -> Any:
@@ -66,11 +64,14 @@ def main_function(code: Any, base_globals: dict[str, Any], name: Any, argdefs: A
 
 
 def main_function_setstate(func: Any, state: Any) -> None:
-    """Merge the globals the parent sent with this worker's namespace, then let cloudpickle set the rest.
+    """Add the globals the parent sent to this worker's namespace, then let cloudpickle set the rest.
 
-    A name takes the parent's value unless the worker's own code (the initializer, a task) has rebound it
-    since the parent last sent it: the worker's state lives on, as in a module imported once, while a
-    definition the parent changed (a notebook cell run again) still reaches the worker.
+    A name the namespace has already is kept (the first value to arrive wins), as in a module imported once
+    per worker: what the initializer or a task filled in place (``STATE["conn"] = ...``, a memo dict) or
+    rebound lives on. Every function refers to the parent's objects by value, so telling "the parent changed
+    it" from "it is the same object again" is not possible here, and an emptied ``STATE`` is a silently wrong
+    result. The price: the parent rebinding a name later (a notebook cell run again) is not seen by a worker
+    that has it already, as with ``multiprocessing``'s fork workers; a new pool sees it.
     """
     try:
         from cloudpickle.cloudpickle import _function_setstate  # type: ignore[import-untyped]
@@ -81,11 +82,7 @@ def main_function_setstate(func: Any, state: Any) -> None:
     sent = slots.pop("__globals__")
     ns = func.__globals__
     for key, value in sent.items():
-        if key not in ns or (key in _SENT and ns[key] is _SENT[key]):
-            ns[key] = value
-            _SENT[key] = value
-        else:
-            _SENT.pop(key, None)  # the worker's own from now on
+        ns.setdefault(key, value)
     slots["__globals__"] = {}
     _function_setstate(func, (attrs, slots))
 

@@ -86,6 +86,14 @@ def make(x: int, bad: int, cls_name: str) -> object:
     return globals()[cls_name]() if x == bad else x
 
 
+def logged_make(x: int, bad: int, cls_name: str, log_dir: str) -> object:
+    """``make``, leaving a file per run in log_dir (see sched_tasks.runs_of)."""
+    from .sched_tasks import log_run
+
+    log_run(x, log_dir)
+    return make(x, bad, cls_name)
+
+
 def identity(x: object) -> object:
     return x
 

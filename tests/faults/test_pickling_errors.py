@@ -8,13 +8,14 @@ import concurrent.futures
 import multiprocessing.pool
 import pickle
 from functools import partial
+from pathlib import Path
 
 import pytest
 
 import manycore
 from manycore.errors import SerializationError
 
-from . import bad_pickles
+from . import bad_pickles, sched_tasks
 from .common import make_executor, make_pool
 
 BrokenProcessPool = concurrent.futures.process.BrokenProcessPool
@@ -81,8 +82,15 @@ def test_bad_result(name: str, expected: type[BaseException], what: str, start_m
     with make_pool(start_method) as pool:
         pids = set(pool.map(bad_pickles.pid_of, range(8), chunksize=1))
         out = pool.map_async(task, range(8), chunksize=4, on_error="return").get(30)
-        assert out[:3] == [0, 1, 2] and out[4:] == [4, 5, 6, 7]
-        check(out[3], expected, what, 3)
+        assert out[4:] == [4, 5, 6, 7]
+        if name.endswith("AtUnpickle"):
+            # Items 0-3 came back in one message that does not unpickle: all four fail, none runs again (with
+            # retries=0, at most once), see test_result_chunk_that_does_not_unpickle_runs_no_item_twice.
+            for index in range(4):
+                check(out[index], expected, what, index)
+        else:
+            assert out[:3] == [0, 1, 2]
+            check(out[3], expected, what, 3)
         # multiprocessing's own test: apply_async of an unpicklable result -> MaybeEncodingError from get()
         # and to the error_callback.
         seen: list[BaseException] = []
@@ -96,6 +104,32 @@ def test_bad_result(name: str, expected: type[BaseException], what: str, start_m
             ex.submit(task, 3).result(30)
         assert isinstance(info.value, SerializationError)
         assert ex.submit(task, 5).result(30) == 5
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("retries", [0, 1])
+def test_result_chunk_that_does_not_unpickle_runs_no_item_twice(
+    start_method: str, tmp_path: Path, retries: int
+) -> None:
+    """A chunk's results come back in one message: if the parent cannot unpickle it, every item of the chunk
+    ran but no result is readable. With retries=0 none of them runs again (at most once): all fail, naming the
+    chunk and how to isolate the culprit. With retries left, each runs again alone and only the culprit fails."""
+    log_dir = str(tmp_path)
+    task = partial(bad_pickles.logged_make, bad=3, cls_name="ErrorAtUnpickle", log_dir=log_dir)
+    with make_pool(start_method) as pool:
+        out = pool.map_async(task, range(8), chunksize=4, on_error="return", retries=retries).get(30)
+    runs = [sched_tasks.runs_of(log_dir, x) for x in range(8)]
+    assert out[4:] == [4, 5, 6, 7]
+    if retries == 0:
+        assert runs == [1] * 8, runs
+        for index in range(4):
+            check(out[index], BrokenProcessPool, "result", index)
+            assert "items #0-#3" in str(out[index]) and "chunksize=1" in str(out[index]), str(out[index])
+    else:
+        assert runs == [2] * 4 + [1] * 4, runs
+        assert out[:3] == [0, 1, 2]
+        check(out[3], BrokenProcessPool, "result", 3)
+        assert "items #0-#3" not in str(out[3]), str(out[3])
 
 
 @pytest.mark.timeout(90)
