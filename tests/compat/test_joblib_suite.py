@@ -54,27 +54,7 @@ EXCUSED: dict[str, str] = {
     "test_memmapping_leaks": _MEMMAP,
 }
 
-KNOWN_FAILING: dict[str, str] = {
-    # sched: idle workers taking queued work
-    "test_parallel_unordered_generator_returns_fastest_first": (
-        "return_as='generator_unordered', n_jobs=2 or 4: a fast task queued behind a slow one waits for it (core "
-        "scheduler; engineer sched)"
-    ),
-    # syncobj: Manager proxies in initargs
-    "test_initializer_context": (
-        "hangs: initargs=(Manager().dict(),): the proxy cannot authenticate in a worker (AuthenticationError, "
-        "as in the futures suite) and the pool never completes"
-    ),
-    "test_dispatch_multiprocessing[manycore]": (
-        "hangs: a Manager().list() proxy as an argument: the fork-server worker cannot authenticate to the "
-        "Manager (AuthenticationError, as in the futures suite); passed under fork, before the backend stopped "
-        "forwarding joblib's default context"
-    ),
-    "test_initializer_parallel": (
-        "hangs: initargs=(Manager().dict(),): the proxy cannot authenticate in a worker (AuthenticationError, "
-        "as in the futures suite) and the pool never completes"
-    ),
-}
+KNOWN_FAILING: dict[str, str] = {}
 
 #: joblib warns when a generator of results is closed before its end (the tests do it on purpose); the warning
 #: is joblib's about its own dispatch, and arrives as an "exception ignored" at garbage collection.
