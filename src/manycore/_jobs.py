@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import itertools
 import pickle
 import sys
@@ -80,10 +81,15 @@ class Chunk:
 
 
 class FunctionCache:
-    """Pickles each task function once: 2,000 ``apply`` calls of one function send it once per worker."""
+    """Pickles each task function once: 2,000 ``apply`` calls of one function send it once per worker.
+
+    Entries hold the function weakly where it can be (functions, bound methods, partials): a cached bound method
+    held its object alive for as long as the pool lived (CPython's test_no_stale_references). An entry whose
+    function died is a miss (its id may name another object by then) and goes with the oldest entries.
+    """
 
     def __init__(self, size: int = 256) -> None:
-        self._entries: dict[int, tuple[object, int, bytes, frozenset[int]]] = {}
+        self._entries: dict[int, tuple[Callable[[], object], int, bytes, frozenset[int]]] = {}
         self._keys = itertools.count(1)
         self._size = size
         self._lock = threading.Lock()
@@ -92,17 +98,25 @@ class FunctionCache:
         """(key, pickled function, ids of the broadcast handles it holds, e.g. through functools.partial)."""
         with self._lock:
             entry = self._entries.get(id(fn))
-            if entry is not None and entry[0] is fn:
+            if entry is not None and entry[0]() is fn:
                 return entry[1], entry[2], entry[3]
         with collect() as ids:
             blob = dumps_function(fn)
         key = next(self._keys)
+        ref: Callable[[], object]
+        try:
+            ref = weakref.ref(fn)
+        except TypeError:  # e.g. a builtin: kept alive while cached, so its id names nothing else meanwhile
+            ref = functools.partial(_same, fn)
         with self._lock:
-            # The entry keeps fn alive, so its id cannot be reused by another object while cached.
-            self._entries[id(fn)] = (fn, key, blob, frozenset(ids))
+            self._entries[id(fn)] = (ref, key, blob, frozenset(ids))
             if len(self._entries) > self._size:
                 del self._entries[next(iter(self._entries))]
         return key, blob, frozenset(ids)
+
+
+def _same(obj: object) -> object:
+    return obj
 
 
 class Job:

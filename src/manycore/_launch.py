@@ -44,20 +44,30 @@ def _clean_path(path: list[str]) -> str:
     return f"import sys; sys.path[:] = {path!r}; "
 
 
-# Held while manycore forks a worker from the user's process and while it starts an interpreter (a fork server
-# or a spawned worker) with subprocess. ``Popen`` waits until the new program has exec'd, which it learns when the
-# last copy of an internal pipe's write end closes; a worker forked at that moment by another pool's supervisor
-# thread kept a copy for its whole life, and the ``Popen`` (a new pool's fork server) waited as long (seen in the
-# soak run: the main thread stuck in ``Popen._execute_child``). A program's own ``subprocess`` calls from other
-# threads can meet the same fate with ``start_method="fork"``, as with any fork in a threaded program.
-_LAUNCH_LOCK = threading.Lock()
+# Held while manycore forks a worker from the user's process, while it starts an interpreter (a fork server or
+# a spawned worker) with subprocess, and while a pool makes a worker's descriptors until it has recorded them
+# (``Scheduler._start_worker_locked``). A worker forked by one pool's supervisor copies whatever descriptors the
+# program holds at that instant, and the at-fork hook can close only those the program's pools have recorded:
+# - ``Popen`` waits until the new program has exec'd, which it learns when the last copy of an internal pipe's
+#   write end closes; a worker forked meanwhile kept a copy for its whole life, and the ``Popen`` (another pool's
+#   fork server) waited as long (seen in the soak run: the main thread stuck in ``Popen._execute_child``);
+# - a worker socket pair being made by another pool: the copy kept that pool from ever seeing its worker's EOF
+#   (CPython's test_hang_gh94440 with fork: shutdown() waited its 5 s deadline).
+# A program's own ``subprocess`` calls from other threads can meet the first fate with ``start_method="fork"``,
+# as with any fork in a threaded program. Reentrant: a pool starting a worker holds it around the launcher's own.
+_LAUNCH_LOCK = threading.RLock()
+
+
+def launching() -> Any:
+    """The lock above (replaced in every forked child, so always look it up through this function)."""
+    return _LAUNCH_LOCK
 
 
 def _new_launch_lock() -> None:
     # A child of any fork (a forked worker, or the program's own os.fork()) may have copied the lock held: a
     # pool it creates needs a free one.
     global _LAUNCH_LOCK
-    _LAUNCH_LOCK = threading.Lock()
+    _LAUNCH_LOCK = threading.RLock()
 
 
 os.register_at_fork(after_in_child=_new_launch_lock)
@@ -165,19 +175,23 @@ class SpawnLauncher(Launcher):
 class ForkServerLauncher(Launcher):
     def __init__(self, env: dict[str, str] | None = None, preload: list[str] | None = None) -> None:
         super().__init__()
-        self._ctrl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         code = (
             f"{_clean_path(sys.path)}from manycore._zygote import main; import os; "
             f"main(int(sys.argv[1]), sys.path[:], {preload or []!r}); os._exit(0)"
         )
+        # Under the lock until the fork server's end is closed here: a worker forked meanwhile by another pool
+        # would keep it, and this fork server would outlive this pool (see _LAUNCH_LOCK).
         with _LAUNCH_LOCK:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-c", code, str(theirs.fileno())],
-                env={**os.environ, **(env or {})},
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-            )
-        theirs.close()
+            self._ctrl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-c", code, str(theirs.fileno())],
+                    env={**os.environ, **(env or {})},
+                    pass_fds=(theirs.fileno(),),
+                    stdin=subprocess.DEVNULL,
+                )
+            finally:
+                theirs.close()
         self._ctrl.setblocking(False)
         self.control_fd = self._ctrl.fileno()
 

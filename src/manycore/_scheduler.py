@@ -54,7 +54,7 @@ from . import _channel as ch
 from . import _initdata, _shm
 from ._broadcast import Broadcast, collect
 from ._jobs import Chunk, Job, SchedulerBase, State
-from ._launch import ForkLauncher, Launcher, make_launcher
+from ._launch import ForkLauncher, Launcher, launching, make_launcher
 from ._serialize import (
     dumps_frames,
     find_unpicklable,
@@ -1087,6 +1087,13 @@ class Scheduler(SchedulerBase):
     # ---- workers coming and going (supervisor thread) ------------------------------------------------------
 
     def _start_worker_locked(self) -> None:
+        # Under the launch lock until the new worker's descriptors are recorded in self._workers: a worker that
+        # another pool forks meanwhile would otherwise copy them where its fork hook cannot see them, and keep
+        # this worker's socket open after it dies (see _launch._LAUNCH_LOCK).
+        with launching():
+            self._start_worker_unguarded()
+
+    def _start_worker_unguarded(self) -> None:
         wid = next(self._wids)
         mine, theirs = socket.socketpair()
         for end in (mine, theirs):

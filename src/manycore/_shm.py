@@ -76,7 +76,10 @@ class Segment:
             os.ftruncate(self.fd, self.size)
             self.map = mmap.mmap(self.fd, self.size, **_UNTRACKED)
         except BaseException as exc:
-            fd, self.fd = self.fd, -1  # or __del__ would close the number again, by then perhaps someone else's
+            fd, self.fd = (
+                self.fd,
+                -1,
+            )  # or __del__ would close the number again, by then perhaps someone else's
             os.close(fd)
             if isinstance(exc, OSError):
                 raise limit_error(exc, "a shared-memory segment") from exc

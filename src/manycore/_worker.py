@@ -463,6 +463,7 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
         if frame.kind == ch.CALL:
             args, kwargs = data[0]
             values, errors = run_items(functools.partial(fn, *args, **kwargs), ((),), True, first, tracker)
+            del args, kwargs  # or the call's arguments would live until the next chunk arrives
         else:
             # A one-item chunk needs no tracking: offset 0 was written before unpickling.
             values, errors = run_items(

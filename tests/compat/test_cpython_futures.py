@@ -64,31 +64,13 @@ _BROKEN = (
 )
 EXCUSED: dict[str, str] = {
     "ProcessPoolExecutorTest.test_killed_child": _BROKEN,
-    "ProcessPoolShutdownTest.test_hang_gh94440[fork]": (
-        "KNOWN FAILING, intermittent (most runs on 3.13 here), so skipped rather than xfailed: with the fork start "
-        "method, a worker of one pool (setUp's executor, starting its 5 workers) forked while another pool is "
-        "between socketpair() and closing the child end inherits that pool's worker socket (close_in_child lists "
-        "only the forking pool's own descriptors), so the other pool never sees its worker's EOF: shutdown() waits "
-        "the 5 s deadline and the test's alarm(5) fires; a killed worker's future can wait for ever"
-    ),
     "ProcessPoolExecutorTest.test_python_finalization_error": (
         "mocks threading._start_joinable_thread to fail CPython's second internal thread (its queue feeder); "
         "manycore's threads are not CPython's"
     ),
 }
 
-KNOWN_FAILING: dict[str, str] = {
-    "ProcessPoolExecutorTest.test_no_stale_references": (
-        "submit(obj.method) with the future dropped: obj is never freed while the executor lives, because "
-        "_jobs.FunctionCache keeps each submitted callable (here a bound method, which holds obj) strongly, up "
-        "to 256 of them, to reuse its pickle"
-    ),
-    "ProcessPoolExecutorTest.test_ressources_gced_in_workers": (
-        "a worker keeps the arguments of the last submit() call until its next chunk arrives (in "
-        "_worker.serve, `args, kwargs = data[0]` outlive the call), so the argument's __del__ in the worker "
-        "runs only then, not within the test's 1 s"
-    ),
-}
+KNOWN_FAILING: dict[str, str] = {}
 
 
 def _modules() -> list[ModuleType]:
