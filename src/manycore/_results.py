@@ -103,6 +103,7 @@ class AsyncResult(Job, Generic[T]):
         self._callback = callback
         self._error_callback = error_callback
         self._bar = progress
+        self.owner: object = None  # see _finish
 
     def ready(self) -> bool:
         return self._event.is_set()
@@ -136,9 +137,18 @@ class AsyncResult(Job, Generic[T]):
             _run_callback(self._callback, value)
         else:
             _run_callback(self._error_callback, error)
+        # The Pool that made this result, kept alive by it until now (multiprocessing's results keep theirs:
+        # ``return Pool(2).map_async(...)`` must still deliver). Finished, the result lets go, so a pool left
+        # open is collected (and warns) even while the user keeps its results. Last, outside every lock: this
+        # may drop the pool's last reference, and Pool.__del__ terminates it.
+        self.owner = None
 
     def fail_all(self, exc: BaseException) -> None:
+        # Failed by the pool's end (terminated, broken): the result keeps the pool object (its workers gone),
+        # so that a pool dropped by the user and ended by the exit hook still warns when collected at exit.
+        owner = self.owner
         self._finish(None, exc)
+        self.owner = owner
 
 
 class ApplyResult(AsyncResult[T]):
@@ -313,6 +323,7 @@ class IMapIterator(Job, Iterator[T]):
         self._window = WINDOW_CHUNKS_PER_WORKER * scheduler.processes
         self._max_ahead = max_ahead  # Executor.map's buffersize, in items
         self._feed = _Feed()
+        self.owner: object = None  # its Pool, kept alive until the end is read (see AsyncResult._finish)
 
     def start(self) -> None:
         """Start reading the input in the background; called once submitted.
@@ -391,6 +402,12 @@ class IMapIterator(Job, Iterator[T]):
         except KeyboardInterrupt:
             # Outside the condition's lock: terminating fails this job, which takes that lock to deliver.
             self.scheduler.terminate()
+            raise
+        except BaseException:
+            if self.closed and self._failure is None:
+                # The end was read (StopIteration, or the input's error): let go of the pool, outside the
+                # condition's lock, since its last reference going terminates it.
+                self.owner = None
             raise
         return self.__next__()
 
@@ -471,6 +488,7 @@ class IMapIterator(Job, Iterator[T]):
         self.scheduler.job_finished(self)
         if self._bar is not None:
             self._bar.close()
+        self.owner = None
 
     def __del__(self) -> None:
         if getattr(self, "_feed", None) is not None:
