@@ -78,8 +78,8 @@ def test_results_keep_their_pool_alive_until_finished(start_method: str, call: s
 
 @pytest.mark.parametrize("keep", [True, False])
 def test_pool_held_by_pending_results_is_terminated_at_exit_and_warns(start_method: str, keep: bool) -> None:
-    # The exit hook fails the pending results; they keep their (now stopped) pool, which still warns when it
-    # is collected at exit, as a pool left open does, whether or not the program holds the results.
+    # The exit hook fails the pending results, which let go of their pool: collected then, it still warns, as
+    # a pool left open does, whether or not the program holds the results.
     proc = run_script(
         f"""
         import time, warnings, manycore

@@ -151,7 +151,7 @@ class Pool:
         # Not in a child of os.fork(): the pool and its workers are the parent's.
         if getattr(scheduler, "owner_pid", None) not in (None, os.getpid()):
             return
-        if scheduler.state is State.RUNNING or sys.is_finalizing():
+        if scheduler.state is State.RUNNING or sys.is_finalizing() or scheduler.ended_at_exit:
             warnings.warn(
                 f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self, stacklevel=1
             )

@@ -144,11 +144,7 @@ class AsyncResult(Job, Generic[T]):
         self.owner = None
 
     def fail_all(self, exc: BaseException) -> None:
-        # Failed by the pool's end (terminated, broken): the result keeps the pool object (its workers gone),
-        # so that a pool dropped by the user and ended by the exit hook still warns when collected at exit.
-        owner = self.owner
         self._finish(None, exc)
-        self.owner = owner
 
 
 class ApplyResult(AsyncResult[T]):
@@ -404,9 +400,9 @@ class IMapIterator(Job, Iterator[T]):
             self.scheduler.terminate()
             raise
         except BaseException:
-            if self.closed and self._failure is None:
-                # The end was read (StopIteration, or the input's error): let go of the pool, outside the
-                # condition's lock, since its last reference going terminates it.
+            if self.closed:
+                # The end was read (StopIteration, the input's error, a failure): let go of the pool, outside
+                # the condition's lock, since its last reference going terminates it.
                 self.owner = None
             raise
         return self.__next__()
@@ -515,6 +511,7 @@ class IMapIterator(Job, Iterator[T]):
             self._feed.stop = True
             self._cond.notify_all()
         self.scheduler.job_finished(self)
+        self.owner = None
 
 
 class _Feed:
