@@ -229,6 +229,7 @@ class SchedulerBase:
     chunk_seconds = TARGET_SECONDS  # work per automatic chunk
     tail_seconds = MIN_TAIL_SECONDS  # the least work per chunk when the tail is split
     chunk_rounds = False  # sized inputs in equal rounds of chunks rather than a guided tail (see _chunking)
+    ended_at_exit = False  # terminated by the interpreter exit hook, not by the program: Pool.__del__ warns
 
     def terminate(self) -> None:
         raise NotImplementedError

@@ -151,7 +151,7 @@ class Pool:
         # Not in a child of os.fork(): the pool and its workers are the parent's.
         if getattr(scheduler, "owner_pid", None) not in (None, os.getpid()):
             return
-        if scheduler.state is State.RUNNING or sys.is_finalizing():
+        if scheduler.state is State.RUNNING or sys.is_finalizing() or scheduler.ended_at_exit:
             warnings.warn(
                 f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self, stacklevel=1
             )
@@ -226,6 +226,7 @@ class Pool:
             task_timeout=self._defaults["task_timeout"],
             retries=self._defaults["retries"],
         )
+        result.owner = self  # kept alive by its result until it is finished, as multiprocessing's pool
         self._scheduler.submit(result)
         return result
 
@@ -260,6 +261,7 @@ class Pool:
             retries=o["retries"],
         )
         if not result.ready():
+            result.owner = self  # see apply_async
             self._scheduler.submit(result)
         return result
 
@@ -350,6 +352,7 @@ class Pool:
             task_timeout=o["task_timeout"],
             retries=o["retries"],
         )
+        it.owner = self  # see apply_async
         self._scheduler.submit(it, counted=False)
         it.start()
         return it

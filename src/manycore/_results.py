@@ -103,6 +103,7 @@ class AsyncResult(Job, Generic[T]):
         self._callback = callback
         self._error_callback = error_callback
         self._bar = progress
+        self.owner: object = None  # see _finish
 
     def ready(self) -> bool:
         return self._event.is_set()
@@ -136,6 +137,11 @@ class AsyncResult(Job, Generic[T]):
             _run_callback(self._callback, value)
         else:
             _run_callback(self._error_callback, error)
+        # The Pool that made this result, kept alive by it until now (multiprocessing's results keep theirs:
+        # ``return Pool(2).map_async(...)`` must still deliver). Finished, the result lets go, so a pool left
+        # open is collected (and warns) even while the user keeps its results. Last, outside every lock: this
+        # may drop the pool's last reference, and Pool.__del__ terminates it.
+        self.owner = None
 
     def fail_all(self, exc: BaseException) -> None:
         self._finish(None, exc)
@@ -315,6 +321,7 @@ class IMapIterator(Job, Iterator[T]):
         self._feed = _Feed()
         self._delivered = 0  # items whose results (or errors) are in
         self._draining = False  # the pool was closed: finish once every result is in, read or not
+        self.owner: object = None  # its Pool, kept alive until the end is read (see AsyncResult._finish)
 
     def start(self) -> None:
         """Start reading the input in the background; called once submitted.
@@ -410,6 +417,12 @@ class IMapIterator(Job, Iterator[T]):
             # Outside the condition's lock: terminating fails this job, which takes that lock to deliver.
             self.scheduler.terminate()
             raise
+        except BaseException:
+            if self.closed:
+                # The end was read (StopIteration, the input's error, a failure): let go of the pool, outside
+                # the condition's lock, since its last reference going terminates it.
+                self.owner = None
+            raise
         return self.__next__()
 
     def pop(self, timeout: float | None = None) -> T:
@@ -489,6 +502,7 @@ class IMapIterator(Job, Iterator[T]):
         self.scheduler.job_finished(self)
         if self._bar is not None:
             self._bar.close()
+        self.owner = None
 
     def __del__(self) -> None:
         if getattr(self, "_feed", None) is not None:
@@ -518,6 +532,7 @@ class IMapIterator(Job, Iterator[T]):
             self._feed.stop = True
             self._cond.notify_all()
         self.scheduler.job_finished(self)
+        self.owner = None
 
 
 class _Feed:

@@ -283,6 +283,8 @@ def _terminate_all() -> None:
     # this hook, not the daemon flag, is what stops its workers.
     for scheduler in list(_live):
         if scheduler.owner_pid == os.getpid():
+            # A pool that only its pending results held is collected here, as they fail: it still warns.
+            scheduler.ended_at_exit = True
             scheduler.terminate()
 
 

@@ -358,6 +358,33 @@ class _Unloadable:
         )
 
 
+# What only this worker may hold, for _let_go_in_child: its socket to the parent and its token pipe's read end.
+_OWN: list[Any] = []
+_OWN_HOOK: list[bool] = []  # non-empty once this process (or the worker it was forked from) registered it
+
+
+def _let_go_in_child() -> None:
+    """In a child a task (or initializer) forked without exec: close the worker's socket and token pipe.
+
+    The parent learns that a worker died from end-of-file on its socket, which comes only once every copy is
+    closed: a child still holding one (close-on-exec needs an exec) would hide a crash, or a task killed for
+    ``task_timeout``, for as long as it lived. The status page's descriptor is closed before any user code runs;
+    its mapping stays (the worker's frames in this child still write through views of it).
+    """
+    own = _OWN[:]
+    # Cleared first: the hook stays registered in this child, whose own children must not close these
+    # numbers again (this process may since have reused them, e.g. for a nested pool's worker).
+    _OWN.clear()
+    for thing in own:
+        try:
+            if isinstance(thing, int):
+                os.close(thing)
+            else:
+                thing.close()
+        except OSError:  # already closed
+            pass
+
+
 def _take_token(tokens: int) -> bool:
     """Whether this worker may run the chunk it holds: one byte read from its token pipe makes it its own."""
     try:
@@ -378,6 +405,11 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
     meta = loads(body[: init.b])  # (authkey, name, identity, parent name, parent pid, tracker fd, fd count)
     _mpstate.INIT_FDS[:] = [reader.fds.popleft() for _ in range(meta[6])]
     _mpstate.set_identity(meta)
+    # The read end of this worker's token pipe came with the init frame (non-blocking: shared with the parent).
+    # Taken before the initializer, so that a child the initializer forks lets go of it too.
+    tokens = reader.fds.popleft() if reader.fds else -1
+    if tokens >= 0:
+        _OWN.append(tokens)
     try:
         initializer, initargs, max_tasks, max_memory, threshold, env = loads(body[init.b :])
     except BaseException as exc:  # e.g. an initarg whose class is not importable here: the pool cannot start
@@ -395,8 +427,6 @@ def serve(sock: socket.socket, page: mmap.mmap) -> None:
         except BaseException as exc:
             ch.send_frame(sock, ch.INIT_FAILED, 0, os.getpid(), 0, pack_exception(exc, None))
             return
-    # The read end of this worker's token pipe came with the init frame (non-blocking: shared with the parent).
-    tokens = reader.fds.popleft() if reader.fds else -1
     ch.send_frame(sock, ch.READY, 0, os.getpid(), 0)
     functions: dict[int, Callable[..., Any]] = {}
     done = 0
@@ -514,6 +544,11 @@ def run_in_child(sock_fd: int, status_fd: int) -> None:
         os.set_inheritable(status_fd, False)
         sock = socket.socket(fileno=sock_fd)
         sock.setblocking(True)
+        _OWN[:] = [sock]
+        if not _OWN_HOOK:
+            # Registered once per process: a worker forked from a worker (a nested fork pool) inherits it.
+            _OWN_HOOK.append(True)
+            os.register_at_fork(after_in_child=_let_go_in_child)
         page = mmap.mmap(status_fd, STATUS_SIZE)
         os.close(status_fd)
         serve(sock, page)
