@@ -374,6 +374,20 @@ class Scheduler(SchedulerBase):
         self._thread = threading.Thread(target=self._supervise, name="manycore-supervisor", daemon=True)
         self._stopped = threading.Event()
         _live.add(self)
+        if isinstance(self._launcher, ForkLauncher):
+            # Forked here, in the thread that makes the pool, as multiprocessing.Pool does, not by the supervisor
+            # once this call has returned: a fork copies the locks other threads hold, an import's module lock
+            # among them, and the caller's next step is often an import (a Manager() after an Executor: CPython's
+            # test_ressources_gced_in_workers hung with a worker stuck on multiprocessing.managers' lock).
+            # Replacement workers still come from the supervisor: the hazard of fork in a threaded program.
+            try:
+                with self._lock:
+                    for _ in range(self.processes):
+                        self._start_worker_locked()
+            except BaseException:
+                self.state = State.TERMINATED
+                self._shutdown()
+                raise
         self._thread.start()
 
     def _forked_away(self) -> None:
@@ -779,7 +793,7 @@ class Scheduler(SchedulerBase):
         try:
             try:
                 with self._lock:
-                    for _ in range(self.processes):
+                    for _ in range(self.processes - len(self._workers)):  # fork: started in __init__
                         self._start_worker_locked()
                     assignments = self._assign_locked()  # calls submitted before the workers existed
                 self._send(assignments)

@@ -152,16 +152,26 @@ def test_unpicklable_exception_message_has_real_newlines(no_orphans: set[int]) -
 
 
 @pytest.mark.timeout(60)
-def test_result_that_cannot_be_rebuilt_in_the_parent_fails_only_its_item(no_orphans: set[int]) -> None:
-    """A result that pickles in the worker but fails to unpickle in the parent is that item's error only."""
+def test_result_that_cannot_be_rebuilt_in_the_parent_fails_its_chunk_only(no_orphans: set[int]) -> None:
+    """A result that pickles in the worker but fails to unpickle in the parent: its chunk's results came back in one
+    message that cannot be read, so with retries=0 each item of that chunk fails (none runs again: at most once)
+    and every other chunk's results arrive; with retries=1 the chunk runs again item by item and only the culprit
+    fails."""
     with make_pool() as pool:
         out = pool.map_async(
             partial(tasks.unloadable_value, bad=6), range(10), chunksize=5, on_error="return"
         ).get(30)
+        again = pool.map_async(
+            partial(tasks.unloadable_value, bad=6), range(10), chunksize=5, on_error="return", retries=1
+        ).get(30)
         assert pool.map(tasks.square, range(3)) == [0, 1, 4]
-    (err,) = check_others("map", out, bad=6)
-    assert isinstance(err, SerializationError), repr(err)
-    assert err.what == "result"
+    errors = check_others("map", out, bad={5, 6, 7, 8, 9})
+    for index, err in zip(range(5, 10), errors):
+        assert isinstance(err, SerializationError), repr(err)
+        assert err.what == "result" and err.index == index
+        assert "#5-#9" in str(err)
+    (err,) = check_others("map", again, bad=6)
+    assert isinstance(err, SerializationError) and err.what == "result", repr(err)
 
 
 @pytest.mark.timeout(60)
