@@ -62,11 +62,12 @@ def describe(procs: Iterable[psutil.Process]) -> str:
     return "; ".join(out)
 
 
-def wait_for_files(paths: Iterable[str], timeout: float) -> bool:
+def wait_for_files(paths: Iterable[str], timeout: float, *, any_of: bool = False) -> bool:
     paths = list(paths)
     deadline = time.monotonic() + timeout
+    wanted = any if any_of else all
     while time.monotonic() < deadline:
-        if all(os.path.exists(p) for p in paths):
+        if wanted(os.path.exists(p) for p in paths):
             return True
         time.sleep(0.01)
     return False
