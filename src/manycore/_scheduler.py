@@ -332,6 +332,11 @@ class Scheduler(SchedulerBase):
         self._unreaped: list[Worker] = []
         self._start_failures = 0
         self._taken_back = 0  # chunks an idle worker took from a busy one (statistics)
+        # A take-back was refused because the victim had a token chunk still being sent (``behind``). Nothing
+        # else may happen for a long time (both running tasks can block), so the sender that finishes such a
+        # send tries the steal again. Set under the victim's ``token_lock``, which the sender takes after it:
+        # the sender cannot miss it.
+        self._steal_again = False
         self._watch_writes = True
         self._crash = False  # the supervisor failed (_crashed): stop the workers without waiting for them
         # The launcher first: a fork server boots while this thread imports cloudpickle and pickles the
@@ -510,7 +515,9 @@ class Scheduler(SchedulerBase):
         yet sent (``behind``; an id leaves it only once token, frame and id are in). A failed read proves every token chunk sent so far has started:
         ``unstarted`` is cleared, so no further read is tried for them.
         """
-        victims = [v for v in self._workers.values() if v.unstarted]
+        # ``behind`` too: a chunk being sent enters ``unstarted`` only once sent, and a steal refused for it is
+        # tried again by its sender (``_steal_again``).
+        victims = [v for v in self._workers.values() if v.unstarted or v.behind]
         if not victims:  # the common case, e.g. every apply round trip: no loop over the thieves
             return
         for thief in self._workers.values():
@@ -522,7 +529,7 @@ class Scheduler(SchedulerBase):
 
     def _take_back_locked(self, victim: Worker, thief: Worker, out: list[tuple[Worker, Chunk, bool]]) -> bool:
         with victim.token_lock:
-            if not victim.unstarted or victim.tokens[0] < 0:
+            if victim.tokens[0] < 0:
                 return False
             if victim.behind:
                 # A chunk assigned behind another and not yet sent (another thread is pickling it): its token
@@ -530,7 +537,10 @@ class Scheduler(SchedulerBase):
                 # Chunks failed or recovered before their send leave an id here: forget those.
                 victim.behind.intersection_update(victim.inflight)
                 if victim.behind:
+                    self._steal_again = True
                     return False
+            if not victim.unstarted:
+                return False
             try:
                 got = os.read(victim.tokens[0], 1)
             except BlockingIOError:
@@ -565,6 +575,7 @@ class Scheduler(SchedulerBase):
         # (worker id, function key) whose function a chunk that failed here was to carry: the next chunk of this
         # batch for that worker carries it instead (it may already be in the queue, behind the failed one).
         carry: set[tuple[int, int]] = set()
+        sent_token = False
         for w, chunk, with_fn in queue:
             job = chunk.job
             if (w.wid, job.fn_key) in carry:
@@ -656,12 +667,18 @@ class Scheduler(SchedulerBase):
                     os.write(w.tokens[1], b"t")
                     backlog |= w.channel.send(job.kind, chunk.cid, job.fn_key, flags | TOKEN, *parts, fds=fds)
                     w.unstarted.append(chunk.cid)
+                sent_token = True
             else:
                 backlog |= w.channel.send(job.kind, chunk.cid, job.fn_key, flags, *parts, fds=fds)
         if backlog:
             self._watch_writes = True  # the supervisor must ask select() for writability
             if threading.current_thread() is not self._thread:
                 self._wake()
+        if sent_token and self._steal_again:
+            with self._lock:
+                self._steal_again = False
+                retry = self._assign_locked()
+            self._send(retry)
 
     # ---- a synchronous call reads its own result ---------------------------------------------------------
 
@@ -918,6 +935,7 @@ class Scheduler(SchedulerBase):
                 # forge it. The launcher's pid (or the fork server's report, soon after the fork) is the truth.
                 w.ready = True
                 self._start_failures = 0
+                results.append((w, frame))  # no result, but an assignment pass: it may take a chunk over
             elif frame.kind == ch.INIT_FAILED:
                 what = (
                     "the pool's initializer or its initargs could not be unpickled in a worker"
@@ -963,6 +981,8 @@ class Scheduler(SchedulerBase):
                 if frame.kind == ch.SKIPPED:
                     w.skips -= 1  # it has passed a chunk taken back from it: it may get chunks again
                     continue
+                if frame.kind == ch.READY:
+                    continue  # steals wait for READY (``_steal_locked``); the pass below may make one
                 chunk = w.inflight.pop(frame.chunk_id, None)
                 if chunk is None and frame.fd is not None:  # the chunk was failed meanwhile
                     os.close(frame.fd)

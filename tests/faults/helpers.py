@@ -62,12 +62,11 @@ def describe(procs: Iterable[psutil.Process]) -> str:
     return "; ".join(out)
 
 
-def wait_for_files(paths: Iterable[str], timeout: float, *, any_of: bool = False) -> bool:
+def wait_for_files(paths: Iterable[str], timeout: float) -> bool:
     paths = list(paths)
     deadline = time.monotonic() + timeout
-    wanted = any if any_of else all
     while time.monotonic() < deadline:
-        if wanted(os.path.exists(p) for p in paths):
+        if all(os.path.exists(p) for p in paths):
             return True
         time.sleep(0.01)
     return False

@@ -52,6 +52,18 @@ class DiesWhenPickled:
         os._exit(3)
 
 
+class SlowToPickle:
+    """An argument whose pickling, in the parent's assigning thread, takes `seconds`; the worker gets the int."""
+
+    def __init__(self, value: int, seconds: float) -> None:
+        self.value = value
+        self.seconds = seconds
+
+    def __reduce__(self) -> tuple[type, tuple[int]]:
+        time.sleep(self.seconds)
+        return (int, (self.value,))
+
+
 def result_kills_worker(x: int, *, bad: int, log_dir: str) -> object:
     log_run(x, log_dir)
     return DiesWhenPickled() if x == bad else x * x

@@ -47,6 +47,49 @@ def test_fast_tasks_do_not_wait_behind_a_slow_one(
     assert all(sched_tasks.runs_of(str(log_dir), x) == 1 for x in range(6))
 
 
+@pytest.mark.timeout(60)
+def test_a_steal_refused_while_its_chunk_was_being_sent_is_tried_again(
+    start_method: str, tmp_path: Path, no_orphans: set[int]
+) -> None:
+    """Pool(2): a slow task on one worker; then item 0 goes to the other worker and item 1 queues behind the
+    slow task, its argument taking 2 s to pickle. Item 0 finishes at once, and its worker asks to take item 1
+    over while item 1 is still being sent (a take-back must wait for the send). Once sent, item 1 must still
+    move: it once stayed behind the slow task until that ended (seen as a 20 s stall in full-suite runs)."""
+    release = tmp_path / "release"
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    fast = partial(sched_tasks.log_and_sleep, seconds=0, log_dir=str(log_dir))
+    with make_pool(start_method) as pool:
+        assert pool.map(fast, [-1, -2]) == [-1, -2]  # both workers started and idle
+        slow = pool.apply_async(sched_tasks.wait_for_file, (str(release),))
+        items = [0, sched_tasks.SlowToPickle(1, 2.0)]
+        assert pool.map_async(fast, items, chunksize=1).get(timeout=20) == [0, 1]
+        assert not slow.ready()
+        release.touch()
+        assert slow.get(timeout=30) == "slow"
+    assert all(sched_tasks.runs_of(str(log_dir), x) == 1 for x in (0, 1))
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_that_becomes_ready_takes_over_a_queued_chunk(
+    start_method: str, tmp_path: Path, no_orphans: set[int]
+) -> None:
+    """Pool(2, maxtasksperchild=2): worker A runs a slow task with item 1 queued behind it; worker B runs items
+    0 and 2, reaches its limit and is replaced. Nothing is left to assign when the replacement starts, and it
+    can take a chunk over only once READY: item 1 must move to it then, not wait for the slow task."""
+    release = tmp_path / "release"
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    fast = partial(sched_tasks.log_and_sleep, seconds=0, log_dir=str(log_dir))
+    with make_pool(start_method, maxtasksperchild=2) as pool:
+        slow = pool.apply_async(sched_tasks.wait_for_file, (str(release),))
+        assert pool.map_async(fast, range(3), chunksize=1).get(timeout=20) == [0, 1, 2]
+        assert not slow.ready()
+        release.touch()
+        assert slow.get(timeout=30) == "slow"
+    assert all(sched_tasks.runs_of(str(log_dir), x) == 1 for x in range(3))
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("start_method", ["fork", "forkserver"])
 def test_every_item_runs_once_while_steals_race_starts(
