@@ -4,7 +4,8 @@ General layout (data flows one way, top to bottom):
 
 - public API: ``_pool.Pool`` (multiprocessing.Pool's interface), ``_executor.Executor`` (a
   concurrent.futures.Executor), ``_api.map``/``_api.imap`` (one call, no pool to manage);
-  ``_results`` holds the objects they return;
+  ``_results`` and ``_imap`` hold the objects they return; ``_options`` the options they take, validated;
+- backends: ``backends`` (a registry: ``process``, ``thread``, ``dask``, ``ray``, each with its capabilities);
 - scheduler: ``_scheduler`` (assignment, the supervisor thread, crash and timeout recovery),
   ``_chunking`` (automatic chunk sizes);
 - transport and processes: ``_channel`` (framed socket messages), ``_launch`` and ``_zygote`` (starting workers),
@@ -31,9 +32,9 @@ if TYPE_CHECKING:
     from ._api import imap as imap
     from ._api import map as map
     from ._executor import Executor as Executor
+    from ._imap import IMapIterator as IMapIterator
     from ._pool import Pool as Pool
     from ._results import AsyncResult as AsyncResult
-    from ._results import IMapIterator as IMapIterator
     from ._shm import shared_array as shared_array
     from .errors import ManycoreError as ManycoreError
     from .errors import SerializationError as SerializationError
@@ -60,7 +61,7 @@ __all__ = (
 _WHERE = {
     "AsyncResult": "._results",
     "Executor": "._executor",
-    "IMapIterator": "._results",
+    "IMapIterator": "._imap",
     "ManycoreError": ".errors",
     "Pool": "._pool",
     "SerializationError": ".errors",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+from ._options import Chunksize
 from ._pool import Pool
 
 T = TypeVar("T")
@@ -18,7 +19,7 @@ def map(
     workers: int | None = None,
     ordered: bool = True,
     progress: bool | str = False,
-    chunksize: int | str = "auto",
+    chunksize: Chunksize = None,
     start_method: str | None = None,
     backend: Any = "process",
     **options: Any,
@@ -29,8 +30,9 @@ def map(
     >>> manycore.map(abs, [-1, -2, 3], workers=2)
     [1, 2, 3]
 
-    ``ordered=False`` returns results in completion order. ``backend`` as ``Pool`` (``"process"``, ``"thread"``,
-    ``"dask"``, ``"ray"``). Other keywords as ``Pool.map``: ``on_error``, ``retries``, ``task_timeout``.
+    ``ordered=False`` returns results in completion order. ``chunksize``: None (or "auto", its other spelling)
+    is automatic, as everywhere. ``backend`` as ``Pool`` (``"process"``, ``"thread"``, ``"dask"``, ``"ray"``).
+    Other keywords as ``Pool.map``: ``on_error``, ``retries``, ``task_timeout``.
     """
     with Pool(workers, start_method=start_method, backend=backend) as pool:
         if ordered:
@@ -45,7 +47,7 @@ def imap(
     workers: int | None = None,
     ordered: bool = True,
     progress: bool | str = False,
-    chunksize: int | str = "auto",
+    chunksize: Chunksize = None,
     start_method: str | None = None,
     backend: Any = "process",
     **options: Any,

@@ -8,8 +8,9 @@ at once, which is what keeps imap lazy and memory flat there too.
 Chunks matter even more on these engines than locally: a Dask or Ray task costs milliseconds of scheduling,
 so one task per item (plain ``client.map``) drowns tiny items in overhead.
 
-What an engine cannot do is refused with a clear error rather than ignored: threads and Dask cannot stop a
-running task, so ``task_timeout`` is refused there.
+What an engine cannot do is refused with a clear error rather than ignored, from the capabilities it declares
+(``manycore.backends``): threads and Dask cannot stop a running task, so ``task_timeout`` is refused there,
+when the pool is built or the call is made.
 
 A worker lost on an engine does not say which task killed it: Dask, for one, blames every task that was
 queued on that worker. So the items of a lost chunk become suspects, and each suspect is re-run alone, with
@@ -28,7 +29,12 @@ from . import _channel as ch
 from ._jobs import Chunk, Job, SchedulerBase, State
 from ._serialize import unpack_exception
 from ._worker import run_items
+from .backends._base import Backend
 from .errors import PoolClosedError, WorkerLostError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._options import PoolOptions
 
 DEPTH = 2
 
@@ -50,12 +56,14 @@ def run_chunk(
     return values, errors, time.perf_counter() - started
 
 
-class Engine:
-    """What EngineScheduler needs from an engine. Subclasses live in ``manycore.backends``."""
+class Engine(Backend):
+    """A backend whose chunks run on an engine manycore does not own: what ``EngineScheduler`` needs from it.
+
+    Subclasses live in ``manycore.backends`` (one module each); they declare their ``capabilities``.
+    """
 
     name = "engine"
     slots = 1  # tasks that can run at once
-    supports_timeout = False
     # Seconds of work per automatic chunk. A Dask or Ray task costs milliseconds of the driver's CPU, and
     # of the cores the work runs on, so chunks there carry ten times the work of a local one (on Ray, W2 with
     # 0.25 s chunks took 12 calls and ran 1% slower than with 0.5 s ones, 6 calls); threads cost almost
@@ -64,6 +72,9 @@ class Engine:
     # Whether a sized input goes in equal rounds of chunks (see _chunking): where calls cost milliseconds,
     # fewer of them beats the finely split tail that absorbs imbalance locally.
     chunk_rounds = True
+
+    def scheduler(self, options: PoolOptions) -> EngineScheduler:
+        return EngineScheduler(self)
 
     def start(self) -> None:
         """Connect or start; called once by the scheduler."""
@@ -102,14 +113,6 @@ class EngineScheduler(SchedulerBase):
         self._stopped = threading.Event()
 
     # ---- dispatch ----------------------------------------------------------------------------------------
-
-    def submit(self, job: Job, *, counted: bool = True) -> None:
-        if job.task_timeout is not None and not self._engine.supports_timeout:
-            raise ValueError(
-                f"task_timeout is not supported on the {self._engine.name} backend: it cannot stop a task "
-                "that is running. Use the process backend for per-task timeouts."
-            )
-        super().submit(job, counted=counted)
 
     def _assign_locked(self) -> list[Chunk]:
         out: list[Chunk] = []

@@ -17,9 +17,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from . import _options as opt
+from ._imap import IMapIterator
 from ._jobs import SchedulerBase, flush_std_streams
-from ._results import FutureJob, IMapIterator
+from ._options import CallOptions, Chunksize, PoolOptions
+from ._results import FutureJob
 from ._shm import DEFAULT_THRESHOLD
+from .backends import Backend, resolve
 from .errors import PoolClosedError, for_futures
 
 R = TypeVar("R")
@@ -30,6 +33,9 @@ R = TypeVar("R")
 # behind it, and must not wait for them when it exits.
 _open: weakref.WeakKeyDictionary[SchedulerBase, int] = weakref.WeakKeyDictionary()
 _exiting = False
+
+#: ``Executor.map``'s options: those of ``Pool.map`` but ``progress``.
+_MAP_OPTIONS = frozenset({"chunksize", "on_error", "retries", "task_timeout"})
 
 
 def _finish_at_exit() -> None:
@@ -73,21 +79,29 @@ class Executor(concurrent.futures.Executor):
     ) -> None:
         if isinstance(max_workers, int) and not isinstance(max_workers, bool) and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")  # ProcessPoolExecutor's words
-        self._retries = opt.retries(retries)
-        self._task_timeout = opt.timeout(task_timeout, "task_timeout")
-        flush_std_streams()
-        self._scheduler: SchedulerBase = opt.make_scheduler(
-            backend,
-            opt.processes(max_workers, "max_workers"),
+        options = PoolOptions(
+            max_workers,
+            backend=backend,
             initializer=initializer,
             initargs=initargs,
-            task_limit=opt.max_tasks(max_tasks_per_child, "max_tasks_per_child"),
-            memory_limit=max_memory_per_worker,
-            method=start_method,
-            context=mp_context,
-            threshold=zero_copy_threshold,
+            max_tasks_per_worker=max_tasks_per_child,
+            max_memory_per_worker=max_memory_per_worker,
+            start_method=opt.context_start_method(start_method, mp_context),  # type: ignore[arg-type]
+            zero_copy_threshold=zero_copy_threshold,
             blas_threads=blas_threads,
+            defaults=CallOptions(retries=retries, task_timeout=task_timeout),
+            names={
+                "processes": "max_workers",
+                "max_tasks_per_worker": "max_tasks_per_child",
+                "start_method": "start_method"
+                if start_method is not None or mp_context is None
+                else "mp_context",
+            },
         )
+        self._defaults = options.defaults
+        self._backend: Backend = resolve(options)
+        flush_std_streams()
+        self._scheduler: SchedulerBase = self._backend.scheduler(options)
         _open[self._scheduler] = os.getpid()
 
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[R]:
@@ -96,9 +110,7 @@ class Executor(concurrent.futures.Executor):
         # and result are not kept either.
         opt.function(fn, "fn")
         self._check_open()
-        job = FutureJob(
-            self._scheduler, fn, args, kwargs, task_timeout=self._task_timeout, retries=self._retries
-        )
+        job = FutureJob(self._scheduler, fn, args, kwargs, self._defaults)
         try:
             self._scheduler.submit(job)
         except PoolClosedError:
@@ -115,15 +127,15 @@ class Executor(concurrent.futures.Executor):
         fn: Callable[..., R],
         *iterables: Iterable[Any],
         timeout: float | None = None,
-        chunksize: int | str = "auto",
+        chunksize: Chunksize = None,
         buffersize: int | None = None,
         **options: Any,
     ) -> Iterator[R]:
         """Lazy, ordered ``fn(*args)`` over zipped iterables; input is read as results are consumed.
 
-        ``timeout`` counts from this call, as in ``concurrent.futures``; ``chunksize`` defaults to automatic.
-        ``buffersize`` (Python 3.14's, on every Python): at most that many chunks (with ``chunksize="auto"``:
-        items) are read ahead of the consumer; by default a window of a few chunks per worker.
+        ``timeout`` counts from this call, as in ``concurrent.futures``; ``chunksize`` defaults to automatic
+        (None, or "auto"). ``buffersize`` (Python 3.14's, on every Python): at most that many chunks (with
+        automatic chunks: items) are read ahead of the consumer; by default a window of a few chunks per worker.
         Keyword options: ``on_error``, ``retries``, ``task_timeout`` (see ``Pool.map``).
         """
         opt.function(fn, "fn")
@@ -133,20 +145,16 @@ class Executor(concurrent.futures.Executor):
             raise ValueError("buffersize must be None or > 0")
         self._check_open()
         deadline = None if timeout is None else time.monotonic() + timeout
-        unknown = set(options) - {"on_error", "retries", "task_timeout"}
-        if unknown:
-            raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-        size = opt.chunksize(chunksize)
+        call = self._defaults.merge({"chunksize": chunksize, **options}, _MAP_OPTIONS)
+        self._backend.capabilities.check_call(call, self._backend.name)
+        size = call.chunksize
         it: IMapIterator[R] = IMapIterator(
             self._scheduler,
             fn,
             zip(*iterables),
+            call,
             star=True,
             ordered=True,
-            on_error=opt.on_error(options.get("on_error", "raise")),
-            chunksize=size,
-            task_timeout=opt.timeout(options.get("task_timeout", self._task_timeout), "task_timeout"),
-            retries=opt.retries(options.get("retries", self._retries)),
             max_ahead=None if buffersize is None else buffersize * (size or 1),
         )
         try:

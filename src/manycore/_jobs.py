@@ -25,6 +25,7 @@ from . import _channel as ch
 from . import _shm
 from ._broadcast import Broadcast, collect
 from ._chunking import MIN_TAIL_SECONDS, TARGET_SECONDS, Chunker
+from ._options import DEFAULT_CALL, CallOptions
 from ._serialize import dumps_function
 from .errors import PoolClosedError
 
@@ -129,23 +130,20 @@ class Job:
         self,
         scheduler: SchedulerBase,
         fn: Callable[..., Any],
-        *,
-        chunksize: int | None = None,
-        task_timeout: float | None = None,
-        retries: int = 0,
+        options: CallOptions = DEFAULT_CALL,
     ) -> None:
         self.scheduler = scheduler
         self.fn = fn  # engines other than manycore's processes take the function itself
         self.fn_key, self.fn_blob, self.broadcasts = scheduler.functions.get(fn)
         self.chunker = Chunker(
-            chunksize,
+            options.chunksize,
             scheduler.processes,
             scheduler.chunk_seconds,
             scheduler.tail_seconds,
             rounds=scheduler.chunk_rounds,
         )
-        self.task_timeout = task_timeout
-        self.retries = retries
+        self.task_timeout = options.task_timeout
+        self.retries = options.retries
         self.queued: deque[Chunk] = deque()
         self.closed = False  # set when the job needs no more chunks run (done, failed fast, cancelled)
         # Set on admission: a job that finishes before it is admitted (a map of nothing) must not be

@@ -11,22 +11,22 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 from . import _options as opt
 from ._broadcast import Broadcast
+from ._imap import IMapIterator
 from ._jobs import SchedulerBase, State, flush_std_streams
-from ._progress import make_bar
-from ._results import ApplyResult, AsyncResult, Call, IMapIterator, MapResult, _interruptible
+from ._options import CallOptions, Chunksize, PoolOptions
+from ._results import ApplyResult, AsyncResult, Call, MapResult, _interruptible
 from ._shm import DEFAULT_THRESHOLD
+from .backends import Backend, resolve
 from .errors import PoolClosedError
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-_UNSET: Any = object()
 
 
 def _as_sequence(iterable: Iterable[Any]) -> Sequence[Any]:
@@ -86,28 +86,29 @@ class Pool:
     ) -> None:
         if maxtasksperchild is not None and max_tasks_per_worker is not None:
             raise TypeError("pass maxtasksperchild or max_tasks_per_worker, not both")
-        max_tasks = opt.max_tasks(
-            maxtasksperchild if max_tasks_per_worker is None else max_tasks_per_worker, "maxtasksperchild"
-        )
-        self._defaults = {
-            "retries": opt.retries(retries),
-            "task_timeout": opt.timeout(task_timeout, "task_timeout"),
-            "on_error": opt.on_error(on_error),
-        }
-        self._stopped = False  # close() or terminate() called: the pool is not "unclosed" when collected
-        flush_std_streams()
-        self._scheduler: SchedulerBase = opt.make_scheduler(
-            backend,
+        options = PoolOptions(
             processes,
+            backend=backend,
             initializer=initializer,
             initargs=initargs,
-            task_limit=max_tasks,
-            memory_limit=max_memory_per_worker,
-            method=start_method,
-            context=context,
-            threshold=zero_copy_threshold,
+            max_tasks_per_worker=maxtasksperchild if max_tasks_per_worker is None else max_tasks_per_worker,
+            max_memory_per_worker=max_memory_per_worker,
+            start_method=opt.context_start_method(start_method, context),  # type: ignore[arg-type]
+            zero_copy_threshold=zero_copy_threshold,
             blas_threads=blas_threads,
+            defaults=CallOptions(retries=retries, task_timeout=task_timeout, on_error=on_error),
+            names={
+                "max_tasks_per_worker": "max_tasks_per_worker"
+                if maxtasksperchild is None
+                else "maxtasksperchild",
+                "start_method": "start_method" if start_method is not None or context is None else "context",
+            },
         )
+        self._stopped = False  # close() or terminate() called: the pool is not "unclosed" when collected
+        self._options = options
+        self._backend: Backend = resolve(options)
+        flush_std_streams()
+        self._scheduler: SchedulerBase = self._backend.scheduler(options)
         self._processes = self._scheduler.processes
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
@@ -197,8 +198,7 @@ class Pool:
             opt.function(func),
             args,
             dict(kwds or {}),
-            task_timeout=self._defaults["task_timeout"],
-            retries=self._defaults["retries"],
+            self._options.defaults,
         )
         run_lent = getattr(self._scheduler, "run_lent", None)
         # An idle worker, lent to this thread: no hand-off to the supervisor. Ctrl-C stops the pool.
@@ -221,10 +221,9 @@ class Pool:
             opt.function(func),
             args,
             dict(kwds or {}),
+            self._options.defaults,
             callback=callback,
             error_callback=error_callback,
-            task_timeout=self._defaults["task_timeout"],
-            retries=self._defaults["retries"],
         )
         result.owner = self  # kept alive by its result until it is finished, as multiprocessing's pool
         self._scheduler.submit(result)
@@ -244,42 +243,32 @@ class Pool:
     ) -> MapResult[Any]:
         self._check_running()
         opt.function(func)
-        size = opt.chunksize(chunksize)
-        items = _as_sequence(iterable)
-        o = self._call_options(options)
+        call = self._call_options(chunksize, options)
         result: MapResult[Any] = MapResult(
             self._scheduler,
             func,
-            items,
+            _as_sequence(iterable),
+            call,
             star=star,
-            on_error=o["on_error"],
-            chunksize=size,
             callback=callback,
             error_callback=error_callback,
-            progress=make_bar(o["progress"], len(items)),
-            task_timeout=o["task_timeout"],
-            retries=o["retries"],
         )
         if not result.ready():
             result.owner = self  # see apply_async
             self._scheduler.submit(result)
         return result
 
-    def _call_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(options) - {"progress", "on_error", "retries", "task_timeout"}
-        if unknown:
-            raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-        merged = {**self._defaults, "progress": False, **options}
-        opt.on_error(merged["on_error"])
-        opt.retries(merged["retries"])
-        merged["task_timeout"] = opt.timeout(merged["task_timeout"], "task_timeout")
-        return merged
+    def _call_options(self, chunksize: object, overrides: dict[str, Any]) -> CallOptions:
+        """The pool's defaults with this call's options; what the backend cannot honour is refused."""
+        call = self._options.defaults.merge({"chunksize": chunksize, **overrides})
+        self._backend.capabilities.check_call(call, self._backend.name)
+        return call
 
     def map(
         self,
         func: Callable[[T], R],
         iterable: Iterable[T],
-        chunksize: int | str | None = None,
+        chunksize: Chunksize = None,
         **options: Any,
     ) -> list[R]:
         """Apply ``func`` to every item, in parallel; results in input order.
@@ -296,7 +285,7 @@ class Pool:
         self,
         func: Callable[[T], R],
         iterable: Iterable[T],
-        chunksize: int | str | None = None,
+        chunksize: Chunksize = None,
         callback: Callable[[list[R]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
         **options: Any,
@@ -308,7 +297,7 @@ class Pool:
         self,
         func: Callable[..., R],
         iterable: Iterable[Iterable[Any]],
-        chunksize: int | str | None = None,
+        chunksize: Chunksize = None,
         **options: Any,
     ) -> list[R]:
         """Like ``map`` but each item is unpacked: ``func(*item)``."""
@@ -318,7 +307,7 @@ class Pool:
         self,
         func: Callable[..., R],
         iterable: Iterable[Iterable[Any]],
-        chunksize: int | str | None = None,
+        chunksize: Chunksize = None,
         callback: Callable[[list[R]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
         **options: Any,
@@ -337,20 +326,9 @@ class Pool:
     ) -> IMapIterator[Any]:
         self._check_running()
         opt.function(func)
-        size = opt.chunksize(chunksize)
-        o = self._call_options(options)
-        total = len(iterable) if isinstance(iterable, Sized) else None
+        call = self._call_options(chunksize, options)
         it: IMapIterator[Any] = IMapIterator(
-            self._scheduler,
-            func,
-            iterable,
-            star=star,
-            ordered=ordered,
-            on_error=o["on_error"],
-            chunksize=size,
-            progress=make_bar(o["progress"], total),
-            task_timeout=o["task_timeout"],
-            retries=o["retries"],
+            self._scheduler, func, iterable, call, star=star, ordered=ordered
         )
         it.owner = self  # see apply_async
         self._scheduler.submit(it, counted=False)
@@ -361,7 +339,7 @@ class Pool:
         self,
         func: Callable[[T], R],
         iterable: Iterable[T],
-        chunksize: int | str | None = None,
+        chunksize: Chunksize = None,
         **options: Any,
     ) -> IMapIterator[R]:
         """Lazy ``map``: reads the input as results are consumed (a bounded window in flight), input order.
@@ -376,7 +354,7 @@ class Pool:
         self,
         func: Callable[[T], R],
         iterable: Iterable[T],
-        chunksize: int | str | None = None,
+        chunksize: Chunksize = None,
         **options: Any,
     ) -> IMapIterator[R]:
         """Like ``imap`` but results come in completion order."""
@@ -386,7 +364,7 @@ class Pool:
         self,
         func: Callable[..., R],
         iterable: Iterable[Iterable[Any]],
-        chunksize: int | str | None = None,
+        chunksize: Chunksize = None,
         ordered: bool = True,
         **options: Any,
     ) -> IMapIterator[R]:

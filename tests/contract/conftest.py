@@ -74,26 +74,49 @@ def ray_runtime() -> Iterator[None]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _dask_client_running() -> bool:
+    import distributed
+
+    return bool(distributed.get_client().status == "running")
+
+
+def _ray_running() -> bool:
+    import ray
+
+    return bool(ray.is_initialized())
+
+
 @pytest.fixture(params=BACKENDS)
 def make_pool(request: pytest.FixtureRequest) -> Callable[..., manycore.Pool]:
+    """A Pool factory for one backend. The tests read what to expect from its capabilities (``caps``), never
+    from its name; only this fixture, which sets each engine up, knows them by name."""
     name = request.param
+    cluster_running: Callable[[], bool] | None = None
     if name == "dask":
         request.getfixturevalue("dask_client")
+        cluster_running = _dask_client_running
     if name == "ray":
         request.getfixturevalue("ray_runtime")
+        cluster_running = _ray_running
 
     def make(**options: Any) -> manycore.Pool:
-        if name in ("process", "thread"):
-            options.setdefault("processes", 2)
+        options.setdefault("processes", 2)  # Dask and Ray take their slots from the cluster (2 here)
         return manycore.Pool(backend=name, **options)
 
     make.backend = name  # type: ignore[attr-defined]
+    make.cluster_running = cluster_running  # type: ignore[attr-defined]  # the user's cluster, if any
     return make
 
 
 @pytest.fixture
 def backend_name(make_pool: Callable[..., manycore.Pool]) -> str:
     return str(make_pool.backend)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def caps(backend_name: str) -> manycore.backends.Capabilities:
+    """What the backend under test declares it can do."""
+    return manycore.backends.capabilities(backend_name)
 
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report attempts (and no file for them)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import manycore
+from manycore.backends import Capabilities
 
 from contract_tasks import (
     add,
@@ -78,14 +79,17 @@ def test_broadcast_is_sent_once_and_tasks_get_the_object(make_pool: MakePool) ->
         handle.release()
 
 
-def test_task_timeout_is_enforced_or_clearly_refused(make_pool: MakePool, backend_name: str) -> None:
+def test_task_timeout_is_enforced_or_clearly_refused(make_pool: MakePool, caps: Capabilities) -> None:
     with make_pool() as pool:
-        if backend_name == "process":
+        if caps.task_timeout:
             out = pool.map(nap, [0.01, 30.0], task_timeout=1, on_error="return", chunksize=1)
             assert out[0] == 0.01 and isinstance(out[1], manycore.TaskTimeoutError)
         else:
             with pytest.raises(ValueError, match="task_timeout is not supported"):
                 pool.map(nap, [0.01], task_timeout=1)
+    if not caps.task_timeout:  # as a pool's default: refused when the pool is built, not at its first call
+        with pytest.raises(ValueError, match="task_timeout is not supported"):
+            make_pool(task_timeout=1)
 
 
 def test_executor_on_the_backend(make_pool: MakePool, backend_name: str) -> None:
@@ -105,11 +109,28 @@ def test_one_call_helpers_on_the_backend(make_pool: MakePool, backend_name: str)
     ]
 
 
-def test_unsupported_options_are_refused(make_pool: MakePool, backend_name: str) -> None:
-    if backend_name == "process":
-        pytest.skip("the process backend supports every option")
+UNSUPPORTED = [
+    # (capability, the option as the user passes it)
+    ("max_tasks_per_worker", {"maxtasksperchild": 2}),
+    ("max_tasks_per_worker", {"max_tasks_per_worker": 2}),
+    ("max_memory_per_worker", {"max_memory_per_worker": 1 << 30}),
+    ("start_method", {"start_method": "spawn"}),
+    ("task_timeout", {"task_timeout": 5}),
+    ("initializer", {"initializer": set_state, "initargs": ("ready",)}),
+]
+
+
+def test_unsupported_options_are_refused(make_pool: MakePool, caps: Capabilities, backend_name: str) -> None:
+    """Refused when the pool is built, with a ValueError naming the option (as passed) and the backend."""
+    if caps.max_tasks_per_worker:
+        pytest.skip("this backend supports maxtasksperchild")
     with pytest.raises(ValueError, match="maxtasksperchild is not supported"):
         make_pool(maxtasksperchild=2)
+    for capability, option in UNSUPPORTED:
+        if not getattr(caps, capability):
+            name = next(iter(option))
+            with pytest.raises(ValueError, match=f"^{name} is not supported on the {backend_name} backend"):
+                make_pool(**option)
 
 
 def test_workers_are_reused_between_calls(make_pool: MakePool) -> None:
@@ -120,44 +141,39 @@ def test_workers_are_reused_between_calls(make_pool: MakePool) -> None:
 
 
 def test_initializer_runs_in_every_worker_and_its_replacements(
-    make_pool: MakePool, backend_name: str
+    make_pool: MakePool, caps: Capabilities, backend_name: str
 ) -> None:
-    if backend_name == "dask":
-        with pytest.raises(ValueError, match="initializer is not supported on the dask backend"):
+    if not caps.initializer:
+        with pytest.raises(ValueError, match=f"initializer is not supported on the {backend_name} backend"):
             make_pool(initializer=set_state, initargs=("ready",))
         return
     with make_pool(initializer=set_state, initargs=("ready",)) as pool:
         assert pool.map(read_state, range(20), chunksize=1) == ["ready"] * 20
-        if backend_name != "thread":  # a worker that dies is replaced, and its replacement initialized too
+        if caps.lost_workers:  # a worker that dies is replaced, and its replacement initialized too
             out = pool.map(exit_on_three, range(6), chunksize=1, on_error="return")
             assert isinstance(out[3], manycore.WorkerLostError)
             assert pool.map(read_state, range(20), chunksize=1) == ["ready"] * 20
 
 
-def test_failing_initializer_is_an_initializer_error(make_pool: MakePool, backend_name: str) -> None:
-    if backend_name == "dask":
-        pytest.skip("the dask backend refuses initializer")
+def test_failing_initializer_is_an_initializer_error(make_pool: MakePool, caps: Capabilities) -> None:
+    if not caps.initializer:
+        pytest.skip("this backend refuses initializer")
     with make_pool(initializer=explode) as pool, pytest.raises(manycore.errors.InitializerError) as info:
         pool.map(square, range(10))
     assert "initializer exploded" in str(info.value.__cause__)
 
 
-def test_closing_the_pool_keeps_the_users_cluster(make_pool: MakePool, backend_name: str) -> None:
+def test_closing_the_pool_keeps_the_users_cluster(make_pool: MakePool) -> None:
     with make_pool() as pool:
         pool.map(square, range(10))
-    if backend_name == "dask":
-        import distributed
-
-        assert distributed.get_client().status == "running"
-    if backend_name == "ray":
-        import ray
-
-        assert ray.is_initialized()
+    cluster_running = make_pool.cluster_running  # type: ignore[attr-defined]
+    if cluster_running is not None:
+        assert cluster_running()
 
 
-def test_dead_worker_fails_only_its_item(make_pool: MakePool, backend_name: str) -> None:
-    if backend_name == "thread":
-        pytest.skip("a thread backend has no worker process to lose")
+def test_dead_worker_fails_only_its_item(make_pool: MakePool, caps: Capabilities) -> None:
+    if not caps.lost_workers:
+        pytest.skip("this backend has no worker process to lose")
     with make_pool() as pool:
         out = pool.map(exit_on_three, range(6), chunksize=3, on_error="return")
         assert out[:3] == [0, 1, 2] and out[4:] == [4, 5]
@@ -165,9 +181,11 @@ def test_dead_worker_fails_only_its_item(make_pool: MakePool, backend_name: str)
         assert pool.map(square, range(4)) == [0, 1, 4, 9]  # still usable
 
 
-def test_an_item_whose_worker_died_is_retried(make_pool: MakePool, backend_name: str, tmp_path: Path) -> None:
-    if backend_name == "thread":
-        pytest.skip("a thread backend has no worker process to lose")
+def test_an_item_whose_worker_died_is_retried(
+    make_pool: MakePool, caps: Capabilities, tmp_path: Path
+) -> None:
+    if not caps.lost_workers:
+        pytest.skip("this backend has no worker process to lose")
     marker = str(tmp_path / "died-once")
     with make_pool() as pool:
         out = pool.map(exit_once_on_three, [(x, marker) for x in range(6)], chunksize=3, retries=1)

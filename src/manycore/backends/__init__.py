@@ -1,483 +1,121 @@
-"""Where chunks run: manycore's own processes (the default), threads, a Dask cluster or a Ray cluster.
+"""Where chunks run: a registry of backends, each behind one interface (``Backend``) with declared capabilities.
 
-``Pool(backend=...)`` takes a name (``"process"``, ``"thread"``, ``"dask"``, ``"ray"``) or one of these objects,
-which name a specific client or cluster::
+``Pool(backend=...)`` takes a name (``"process"``, the default: manycore's own worker processes; ``"thread"``;
+``"dask"``; ``"ray"``) or a backend object, which names a specific client or cluster::
 
     import distributed, manycore
     client = distributed.Client("tcp://scheduler:8786")
     with manycore.Pool(backend=manycore.backends.Dask(client=client)) as pool:
         results = pool.map(simulate, params)
 
-Engines are imported only when used: ``import manycore`` never imports dask or ray.
+Each backend lives in its own module (``process``, ``thread``, ``dask``, ``ray``), imported only when used:
+``import manycore`` never imports dask or ray, nor the process scheduler. Each declares its ``Capabilities``
+(``task_timeout``, ``initializer``, ``max_tasks_per_worker``, ...); a pool refuses, when it is built, an option
+its backend cannot honour, with a ``ValueError`` naming the option and the backend::
+
+    >>> import manycore
+    >>> manycore.backends.capabilities("thread").task_timeout
+    False
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
-import queue
-import sys
-import threading
-import traceback
-from collections.abc import Callable
-from typing import Any
-
-from .._engine import Engine, run_chunk
-from .._jobs import Chunk
-from .._options import cpu_count
-from .._wire import pack_exception
-from ..errors import InitializerError
-
-__all__ = ["Dask", "Engine", "Ray", "Thread", "resolve"]
-
-
-class LocalHandle:
-    """``Pool.broadcast`` on the thread backend: the object is already shared; tasks receive it as is."""
-
-    made = False  # whether any handle was ever made in this process: chunks need searching for them
-
-    def __init__(self, obj: object) -> None:
-        self.obj = obj
-        LocalHandle.made = True
-
-    def release(self) -> None:
-        self.obj = None
-
-
-def _substitute(
-    obj: Any, convert: Callable[[Any], Any], match: type | tuple[type, ...], depth: int = 3
-) -> Any:
-    if isinstance(obj, match):
-        return convert(obj)
-    if depth and type(obj) in (tuple, list):
-        return type(obj)(_substitute(x, convert, match, depth - 1) for x in obj)
-    return obj
-
-
-class Thread(Engine):
-    """Threads of the calling process: for I/O-bound work and free-threaded Python builds.
-
-    Nothing is pickled; ``initializer`` runs once in each thread. ``task_timeout`` is refused: a running
-    thread cannot be stopped.
-    """
-
-    name = "thread"
-    chunk_seconds = 0.01
-    chunk_rounds = False  # a chunk costs microseconds here: the guided tail's extra chunks are free
-
-    def __init__(
-        self,
-        workers: int | None = None,
-        initializer: Callable[..., object] | None = None,
-        initargs: tuple[Any, ...] = (),
-    ) -> None:
-        self.slots = workers or cpu_count()
-        self._initializer = initializer
-        self._initargs = initargs
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        # The initializer's failure is kept per thread, not raised: concurrent.futures would break the whole
-        # executor (BrokenThreadPool); this way each task reports an InitializerError, as on other backends.
-        self._init_errors = threading.local()
-
-    def start(self) -> None:
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            self.slots, thread_name_prefix="manycore-thread", initializer=self._init_thread
-        )
-
-    def _init_thread(self) -> None:
-        self._init_errors.error = _initialize(self._initializer, self._initargs, "a worker thread")
-
-    def _run(
-        self, fn: Callable[..., Any], kind: int, first: int, items: list[Any]
-    ) -> tuple[list[Any], dict[int, bytes], float]:
-        error = getattr(self._init_errors, "error", None)
-        if error is not None:
-            return _failed_chunk(error, first, len(items))
-        return run_chunk(fn, kind, first, items)
-
-    def run(self, chunk: Chunk, done: Callable[[Chunk, Any, BaseException | None], None]) -> None:
-        assert self._executor is not None
-        job = chunk.job
-        # Looking for handles costs as much as the items' work for tiny items: only once a broadcast exists.
-        items = list(chunk.items)
-        if LocalHandle.made:
-            items = _substitute(items, _obj, LocalHandle)
-        future = self._executor.submit(self._run, job.fn, job.kind, chunk.first, items)
-        future.add_done_callback(lambda f: done(chunk, None if f.exception() else f.result(), f.exception()))
-
-    def broadcast(self, obj: object) -> LocalHandle:
-        return LocalHandle(obj)
-
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-class Dask(Engine):
-    """A Dask ``distributed`` cluster: the given client, a new client for ``address``, or the active client.
-
-    ``broadcast`` uses ``client.scatter(broadcast=True)``: tasks receive the object, sent once per worker.
-    A worker that dies running a chunk is handled as locally (its items re-run, the culprit fails alone),
-    after Dask's own retries (``distributed.scheduler.allowed-failures``). Not supported, and refused:
-    ``task_timeout`` (Dask cannot stop a running task), ``initializer`` and ``maxtasksperchild``.
-    Closing the pool never closes a client or cluster that the user created.
-    """
-
-    name = "dask"
-
-    def __init__(self, client: Any = None, address: str | None = None) -> None:
-        self._client = client
-        self._address = address
-        self._owned = False
-        # Finished chunks are read on threads of ours. Dask runs every future's callbacks, for all clients,
-        # one at a time on a single thread, and reading a result there blocks it whenever Dask must compute
-        # the result again (a worker holding it died): every other chunk's callback, the lost worker's
-        # KilledWorker included, then waited behind it (contract tests over 180 s under load). Several
-        # threads, so that one result being recomputed holds up no other.
-        self._readers: concurrent.futures.ThreadPoolExecutor | None = None
-
-    def start(self) -> None:
-        import distributed
-
-        if self._client is None and self._address is not None:
-            self._client = distributed.Client(self._address)  # type: ignore[no-untyped-call]
-            self._owned = True
-        elif self._client is None:
-            try:
-                self._client = distributed.get_client()
-            except ValueError:
-                raise RuntimeError(
-                    "backend='dask' needs a Dask client, and none is active. Create one first, e.g. "
-                    "distributed.Client('tcp://scheduler:8786') for a cluster or "
-                    "distributed.Client(distributed.LocalCluster()) on this machine, or pass "
-                    "backend=manycore.backends.Dask(address=...)."
-                ) from None
-        self.slots = max(1, sum(self._client.nthreads().values()))
-        self._readers = concurrent.futures.ThreadPoolExecutor(
-            max(4, self.slots), thread_name_prefix="manycore-dask-results"
-        )
-
-    def run(self, chunk: Chunk, done: Callable[[Chunk, Any, BaseException | None], None]) -> None:
-        job = chunk.job
-        future = self._client.submit(
-            run_chunk, job.fn, job.kind, chunk.first, list(chunk.items), pure=False, retries=0
-        )
-        readers = self._readers
-        assert readers is not None
-
-        def finished(f: Any) -> None:
-            # RuntimeError: the pool has stopped (terminated), and nothing waits for this chunk any more.
-            with contextlib.suppress(RuntimeError):
-                readers.submit(_read_dask_future, f, chunk, done)
-
-        future.add_done_callback(finished)
-
-    def is_worker_lost(self, exc: BaseException) -> bool:
-        return type(exc).__name__ == "KilledWorker"
-
-    def broadcast(self, obj: object) -> Any:
-        # A Dask future: Dask hands tasks the object in its place, even inside lists and tuples.
-        return self._client.scatter([obj], broadcast=True, hash=False)[0]
-
-    def close(self) -> None:
-        if self._readers is not None:
-            # Not waiting: a reader blocked on a result being recomputed ends when the client cancels it.
-            self._readers.shutdown(wait=False)
-        if self._owned and self._client is not None:
-            self._client.close()
-
-
-def _read_dask_future(f: Any, chunk: Chunk, done: Callable[[Chunk, Any, BaseException | None], None]) -> None:
-    try:
-        result = f.result()
-    except BaseException as exc:  # the task's error, KilledWorker, or cancelled (the client closed under us)
-        done(chunk, None, exc)
-    else:
-        done(chunk, result, None)
-
-
-class Ray(Engine):
-    """A Ray runtime: the connected one (``ray.init(...)`` done by the user), or one at ``address``.
-
-    Chunks run on long-lived Ray actors, one per CPU of the cluster when the pool starts, each reserving its
-    CPU (``num_cpus=1``) until the pool closes: a second pool open at the same time, or other Ray work, waits
-    for the CPUs this one holds. A chunk goes to the actor with the fewest items outstanding, among those
-    already running; an actor still waiting for a CPU gets none (chunks wait for the first actor to come up),
-    so a pool that gets fewer CPUs than it asked for still finishes its work on those it has.
-
-    ``initializer(*initargs)`` (given here, or as ``Pool(initializer=..., backend="ray")``) runs once in
-    each actor, as in a local worker process; if it raises, the tasks sent to that actor fail with
-    ``InitializerError``. ``broadcast`` uses ``ray.put``. An actor whose process dies (``os._exit``, a
-    signal, its node lost) is replaced by a new one, and the items it held are handled as locally: re-run,
-    and the culprit alone fails with ``WorkerLostError``. Not supported, and refused: ``task_timeout`` and
-    ``maxtasksperchild``. Closing the pool kills its actors; it shuts Ray down only if the pool started it
-    (``address=...`` with no runtime connected).
-    """
-
-    name = "ray"
-
-    def __init__(
-        self,
-        address: str | None = None,
-        initializer: Callable[..., object] | None = None,
-        initargs: tuple[Any, ...] = (),
-    ) -> None:
-        self._address = address
-        self._initializer = initializer
-        self._initargs = initargs
-        self._started = False
-        self._actor_class: Any = None
-        self._lock = threading.Lock()
-        self._actors: list[_RayActor] = []
-        self._closed = False
-        # Finished calls and actors that came up (or failed to), handled on a thread of ours: Ray runs future
-        # callbacks on its I/O thread, where ray.kill (replacing a dead actor, closing the pool) blocks
-        # forever, and where the scheduler's work would hold up every other reply.
-        self._finished: queue.SimpleQueue[
-            tuple[_RayCall | _RayActor, concurrent.futures.Future[Any]] | None
-        ] = queue.SimpleQueue()
-        # Chunks that came while no actor was running yet, sent when the first one is up.
-        self._held: list[tuple[Chunk, Callable[[Chunk, Any, BaseException | None], None]]] = []
-
-    def start(self) -> None:
-        import ray
-
-        if not ray.is_initialized():
-            if self._address is None:
-                raise RuntimeError(
-                    "backend='ray' needs a Ray runtime, and none is connected. Call ray.init() (or "
-                    "ray.init(address='ray://head:10001') for a cluster) first, or pass "
-                    "backend=manycore.backends.Ray(address=...)."
-                )
-            ray.init(address=self._address)
-            self._started = True
-        # All the cluster's CPUs, not just those free now: Ray holds a finished task's CPU for a moment (to
-        # reuse its worker), so work done just before would shrink the pool for its whole life. Actors that
-        # find no free CPU wait for one, and get chunks once they run.
-        self.slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        # max_restarts=0: Ray fails calls sent to an actor that is restarting, which would blame the item
-        # being re-run alone for a crash it did not cause; a new actor, made here, queues them instead.
-        self._actor_class = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(_RayWorker)
-        self._actors = [self._new_actor() for _ in range(self.slots)]
-        threading.Thread(target=self._dispatch, name="manycore-ray", daemon=True).start()
-
-    def _new_actor(self) -> _RayActor:
-        entry = _RayActor(self._actor_class.remote(self._initializer, self._initargs))
-        entry.handle.__ray_ready__.remote().future().add_done_callback(
-            lambda future: self._finished.put((entry, future))
-        )
-        return entry
-
-    def run(self, chunk: Chunk, done: Callable[[Chunk, Any, BaseException | None], None]) -> None:
-        job = chunk.job
-        # Looking for handles costs as much as pickling the items: only once some broadcast exists.
-        resolve = RayHandle.made
-        items = _substitute(list(chunk.items), _ref, RayHandle) if resolve else chunk.items
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the Ray engine is closed")
-            # Only actors that run get chunks: one that waits for a CPU may wait forever (a CPU that other
-            # work holds, a cluster that shrank), and a chunk queued on it would never come back. Until
-            # the first actor is up, chunks wait here; if none comes up, they go to the actors anyway and
-            # fail there as lost workers, which is reported per item.
-            running = [entry for entry in self._actors if entry.ready]
-            if not running:
-                if not all(entry.started for entry in self._actors):
-                    self._held.append((chunk, done))
-                    return
-                running = self._actors
-            # An actor runs its calls one after the other: the one with the fewest items outstanding starts
-            # this chunk soonest. Items, not calls: an actor running a 1-item probe is nearly free, and one
-            # given a whole round's chunk is not (by calls, both would get the next chunk).
-            entry = min(running, key=_load)
-            entry.load += len(items)
-        try:
-            ref = entry.handle.run.remote(job.fn, job.kind, chunk.first, items, resolve)
-        except BaseException:
-            with self._lock:
-                entry.load -= len(items)
-            raise
-        call = _RayCall(chunk, done, entry)
-        ref.future().add_done_callback(lambda future: self._finished.put((call, future)))
-
-    def _dispatch(self) -> None:
-        while (finished := self._finished.get()) is not None:
-            subject, future = finished
-            if isinstance(subject, _RayActor):
-                self._actor_started(subject, future)
-                continue
-            call = subject
-            error = future.exception()
-            lost = error is not None and self.is_worker_lost(error)
-            replaced: _RayActor | None = None
-            with self._lock:
-                if self._closed:
-                    continue
-                call.actor.load -= len(call.chunk.items)
-                if lost and call.actor in self._actors:
-                    replaced = call.actor
-                    self._actors[self._actors.index(replaced)] = self._new_actor()
-            if replaced is not None:
-                import ray
-
-                # Killed even if only unreachable: a half-alive actor would keep the CPU the new one needs.
-                ray.kill(replaced.handle, no_restart=True)
-            try:
-                call.done(call.chunk, None if error is not None else future.result(), error)
-            except Exception:
-                # Reported, not fatal: this thread hands over every other result of the pool.
-                print("manycore: handling a Ray result failed:", file=sys.stderr)
-                traceback.print_exc()
-
-    def _actor_started(self, entry: _RayActor, future: concurrent.futures.Future[Any]) -> None:
-        """An actor came up (or failed to): send the chunks held while none was running."""
-        with self._lock:
-            entry.started = True
-            entry.ready = future.exception() is None
-            if self._closed or not (entry.ready or all(actor.started for actor in self._actors)):
-                return
-            held, self._held = self._held, []
-        for chunk, done in held:
-            try:
-                self.run(chunk, done)
-            except Exception as exc:  # closed meanwhile, or arguments Ray cannot serialize
-                done(chunk, None, exc)
-
-    def is_worker_lost(self, exc: BaseException) -> bool:
-        import ray.exceptions
-
-        # RayActorError covers ActorDiedError and ActorUnavailableError: the actor's process or node is gone.
-        return isinstance(
-            exc,
-            (
-                ray.exceptions.RayActorError,
-                ray.exceptions.WorkerCrashedError,
-                ray.exceptions.NodeDiedError,
-                ray.exceptions.OutOfMemoryError,
-            ),
-        )
-
-    def broadcast(self, obj: object) -> RayHandle:
-        import ray
-
-        return RayHandle(ray.put(obj))
-
-    def close(self) -> None:
-        import ray
-
-        with self._lock:
-            self._closed = True
-            actors, self._actors = self._actors, []
-        self._finished.put(None)
-        if self._started:
-            ray.shutdown()
-        elif ray.is_initialized():
-            for entry in actors:
-                ray.kill(entry.handle, no_restart=True)
-
-
-class _RayActor:
-    """One of a Ray pool's actors: its handle, its items outstanding, whether it has come up (or failed to)."""
-
-    __slots__ = ("handle", "load", "ready", "started")
-
-    def __init__(self, handle: Any) -> None:
-        self.handle = handle
-        self.load = 0
-        self.ready = False  # running: it takes chunks
-        self.started = False  # Ray has said whether it came up
-
-
-def _load(entry: _RayActor) -> int:
-    return entry.load
-
-
-def _obj(handle: LocalHandle) -> Any:
-    return handle.obj
-
-
-def _ref(handle: RayHandle) -> Any:
-    return handle.ref
-
-
-class _RayCall:
-    """One chunk sent to an actor, until the dispatcher has handled its result."""
-
-    __slots__ = ("actor", "chunk", "done")
-
-    def __init__(
-        self, chunk: Chunk, done: Callable[[Chunk, Any, BaseException | None], None], actor: _RayActor
-    ) -> None:
-        self.chunk = chunk
-        self.done = done
-        self.actor = actor
-
-
-class RayHandle:
-    """``Pool.broadcast`` on Ray: the object is in Ray's object store once; tasks receive the object."""
-
-    made = False  # whether any handle was ever made in this process: chunks need searching for them
-
-    def __init__(self, ref: Any) -> None:
-        self.ref = ref
-        RayHandle.made = True
-
-    def release(self) -> None:
-        self.ref = None  # Ray frees the object once no reference to it is left
-
-
-def _initialize(
-    initializer: Callable[..., object] | None, initargs: tuple[Any, ...], where: str
-) -> InitializerError | None:
-    """Run the pool's initializer in an engine's worker; its failure, to report for every task sent there."""
-    if initializer is None:
-        return None
-    try:
-        initializer(*initargs)
-    except Exception as exc:
-        error = InitializerError(f"the pool's initializer raised in {where} ({type(exc).__name__}: {exc})")
-        error.__cause__ = exc
-        return error
-    return None
-
-
-def _failed_chunk(error: BaseException, first: int, n: int) -> tuple[list[Any], dict[int, bytes], float]:
-    """``run_chunk``'s answer for a chunk whose worker could not be initialized: the error for every item."""
-    packed = pack_exception(error, first)
-    return [None] * n, dict.fromkeys(range(n), packed), 0.0
-
-
-class _RayWorker:
-    """The actor behind each of a Ray pool's slots (made remote in ``Ray.start``)."""
-
-    def __init__(self, initializer: Callable[..., object] | None, initargs: tuple[Any, ...]) -> None:
-        # Kept, not raised: an actor whose constructor raises is dead, and its calls would fail as lost
-        # workers; this way each task reports the initializer's error instead.
-        self._init_error = _initialize(initializer, initargs, "a Ray worker")
-
-    def run(self, fn: Callable[..., Any], kind: int, first: int, items: list[Any], resolve: bool) -> Any:
-        if self._init_error is not None:
-            return _failed_chunk(self._init_error, first, len(items))
-        if resolve:
-            import ray
-
-            # Ray resolves object refs only at the top level of arguments; broadcast handles sit inside items.
-            items = _substitute(items, ray.get, ray.ObjectRef)
-        return run_chunk(fn, kind, first, items)
-
-
-def resolve(backend: object, processes: int | None) -> Engine | None:
-    """The engine for ``Pool(backend=...)``; None means manycore's own processes."""
-    if backend is None or backend == "process":
-        return None
-    if isinstance(backend, Engine):
+import importlib
+
+from ._base import Backend, Capabilities
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .._engine import Engine as Engine
+    from .._options import PoolOptions
+    from .dask import Dask as Dask
+    from .process import Process as Process
+    from .ray import Ray as Ray
+    from .thread import Thread as Thread
+
+__all__ = [
+    "Backend",
+    "Capabilities",
+    "Dask",
+    "Engine",
+    "Process",
+    "Ray",
+    "Thread",
+    "backend_class",
+    "capabilities",
+    "register",
+    "resolve",
+]
+
+#: Backend names -> "module:Class" (relative to this package, or absolute), imported on first use.
+_REGISTRY: dict[str, str | type[Backend]] = {
+    "process": ".process:Process",
+    "thread": ".thread:Thread",
+    "dask": ".dask:Dask",
+    "ray": ".ray:Ray",
+}
+_CLASSES = {"Process": "process", "Thread": "thread", "Dask": "dask", "Ray": "ray"}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Engine":
+        from .._engine import Engine
+
+        return Engine
+    if name in _CLASSES:
+        return getattr(importlib.import_module("." + _CLASSES[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def register(name: str, backend: str | type[Backend]) -> None:
+    """Make ``Pool(backend=name)`` use ``backend``: a ``Backend`` subclass, or ``"package.module:Class"``
+    (imported at the first pool that names it)."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a backend's name must be a non-empty str, not {name!r}")
+    if not isinstance(backend, str) and not (isinstance(backend, type) and issubclass(backend, Backend)):
+        raise TypeError(f"register a Backend subclass or a 'module:Class' string, not {backend!r}")
+    _REGISTRY[name] = backend
+
+
+def backend_class(name: object) -> type[Backend]:
+    """The class registered under ``name``; a ValueError listing the names for anything else."""
+    entry = _REGISTRY.get(name) if isinstance(name, str) else None
+    if entry is None:
+        names = ", ".join(f'"{known}"' for known in _REGISTRY)
+        raise ValueError(f"backend must be one of {names} or a manycore.backends object, not {name!r}")
+    if isinstance(entry, str):
+        module, _, attribute = entry.partition(":")
+        loaded = getattr(importlib.import_module(module, __name__), attribute)
+        if not (isinstance(loaded, type) and issubclass(loaded, Backend)):
+            raise TypeError(
+                f"backend {name!r} is registered as {entry}, which is not a manycore Backend class"
+            )
+        entry = _REGISTRY[name] = loaded  # type: ignore[index]
+    return entry
+
+
+def capabilities(backend: object) -> Capabilities:
+    """What a backend (a name or a backend object) can do: see ``Capabilities``."""
+    if isinstance(backend, Backend):
+        return backend.capabilities
+    return backend_class(backend).capabilities
+
+
+def resolve(options: PoolOptions) -> Backend:
+    """The backend a pool's options name, once every option it cannot honour has been refused."""
+    given = options.backend
+    if isinstance(given, Backend):
+        backend = given
+        given.capabilities.check(options, given.name)
+        if options.initializer is not None and not given.pool_initializer:
+            # Capable, but built already: the initializer would be silently dropped.
+            kind = type(given).__name__
+            raise ValueError(
+                f"with a manycore.backends.{kind} object, pass the initializer to it: {kind}(initializer=...)"
+            )
         return backend
-    if backend == "thread":
-        return Thread(processes)
-    if backend == "dask":
-        return Dask()
-    if backend == "ray":
-        return Ray()
-    raise ValueError(
-        f'backend must be "process", "thread", "dask", "ray" or a manycore.backends object, not {backend!r}'
-    )
+    cls = backend_class(given)
+    cls.capabilities.check(options, cls.name)
+    return cls.from_options(options)
