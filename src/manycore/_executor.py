@@ -59,6 +59,9 @@ class Executor(concurrent.futures.Executor):
     >>> with manycore.Executor(max_workers=2) as ex:
     ...     ex.submit(operator.mul, 6, 7).result()
     42
+
+    The keyword-only options are ``Pool``'s (``retries`` and ``task_timeout`` are defaults for every call);
+    an option the ``backend`` cannot honour is refused here, with a ``ValueError`` naming it.
     """
 
     def __init__(

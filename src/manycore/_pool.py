@@ -63,7 +63,11 @@ class Pool:
     - ``blas_threads``: BLAS/OpenMP threads per worker (default: cores // processes, at least 1), so that N
       workers do not each start one thread per core.
     - ``backend``: ``"process"`` (default), ``"thread"``, ``"dask"``, ``"ray"``, or an object from
-      ``manycore.backends`` naming a client or cluster; see ``docs/scale-out.md``.
+      ``manycore.backends`` naming a client or cluster; see ``docs/scale-out.md``. An option the backend cannot
+      honour (``manycore.backends.capabilities(backend)``) is refused here, with a ``ValueError`` naming it.
+
+    Every option is validated here, once (``PoolOptions``); a call's options are merged with the pool's
+    defaults (``CallOptions``).
     """
 
     def __init__(
