@@ -82,6 +82,7 @@ class Executor(concurrent.futures.Executor):
     ) -> None:
         if isinstance(max_workers, int) and not isinstance(max_workers, bool) and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")  # ProcessPoolExecutor's words
+        method_name = "mp_context" if start_method is None and mp_context is not None else "start_method"
         options = PoolOptions(
             max_workers,
             backend=backend,
@@ -89,16 +90,14 @@ class Executor(concurrent.futures.Executor):
             initargs=initargs,
             max_tasks_per_worker=max_tasks_per_child,
             max_memory_per_worker=max_memory_per_worker,
-            start_method=opt.context_start_method(start_method, mp_context),  # type: ignore[arg-type]
+            start_method=opt.context_start_method(start_method, mp_context),
             zero_copy_threshold=zero_copy_threshold,
             blas_threads=blas_threads,
             defaults=CallOptions(retries=retries, task_timeout=task_timeout),
             names={
                 "processes": "max_workers",
                 "max_tasks_per_worker": "max_tasks_per_child",
-                "start_method": "start_method"
-                if start_method is not None or mp_context is None
-                else "mp_context",
+                "start_method": method_name,
             },
         )
         self._defaults = options.defaults

@@ -125,10 +125,10 @@ def check_start_method(value: object, name: str = "start_method") -> str | None:
     return str(value)
 
 
-def context_start_method(method: object, context: Any) -> object:
+def context_start_method(method: str | None, context: Any) -> str | None:
     """The start method a ``multiprocessing`` context names, where no ``start_method`` was given."""
     if method is None and context is not None:
-        return context.get_start_method()
+        return str(context.get_start_method())
     return method
 
 

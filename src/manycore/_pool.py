@@ -90,6 +90,8 @@ class Pool:
     ) -> None:
         if maxtasksperchild is not None and max_tasks_per_worker is not None:
             raise TypeError("pass maxtasksperchild or max_tasks_per_worker, not both")
+        method_name = "context" if start_method is None and context is not None else "start_method"
+        limit_name = "max_tasks_per_worker" if maxtasksperchild is None else "maxtasksperchild"
         options = PoolOptions(
             processes,
             backend=backend,
@@ -97,15 +99,13 @@ class Pool:
             initargs=initargs,
             max_tasks_per_worker=maxtasksperchild if max_tasks_per_worker is None else max_tasks_per_worker,
             max_memory_per_worker=max_memory_per_worker,
-            start_method=opt.context_start_method(start_method, context),  # type: ignore[arg-type]
+            start_method=opt.context_start_method(start_method, context),
             zero_copy_threshold=zero_copy_threshold,
             blas_threads=blas_threads,
             defaults=CallOptions(retries=retries, task_timeout=task_timeout, on_error=on_error),
             names={
-                "max_tasks_per_worker": "max_tasks_per_worker"
-                if maxtasksperchild is None
-                else "maxtasksperchild",
-                "start_method": "start_method" if start_method is not None or context is None else "context",
+                "max_tasks_per_worker": limit_name,
+                "start_method": method_name,
             },
         )
         self._stopped = False  # close() or terminate() called: the pool is not "unclosed" when collected
