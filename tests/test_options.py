@@ -322,3 +322,23 @@ def test_a_registered_backend_is_resolved_by_name_with_its_capabilities() -> Non
         backends._REGISTRY.pop("everything-test")
     with pytest.raises(TypeError, match="Backend subclass"):
         backends.register("bad", object)  # type: ignore[arg-type]
+
+
+def test_options_and_the_registry_import_no_scheduler_and_no_engine() -> None:
+    """Resolving the process backend loads neither its scheduler nor any engine, and the capabilities of every
+    backend load no dask or ray: a fresh interpreter, since this one has imported them all by now."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, manycore\n"
+        "from manycore import backends\n"
+        "from manycore._options import PoolOptions\n"
+        "backends.resolve(PoolOptions())\n"
+        "print(sorted({'manycore._scheduler', 'manycore._engine'} & set(sys.modules)))\n"
+        "for name in ('process', 'thread', 'dask', 'ray'):\n"
+        "    backends.capabilities(name)\n"
+        "print(sorted({'manycore._scheduler', 'dask', 'distributed', 'ray'} & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["[]", "[]"], out.stdout + out.stderr
