@@ -47,7 +47,7 @@ class DoctestBlocks(Preprocessor):
 
 
 class DoctestExtension(Extension):
-    def extendMarkdown(self, md: Markdown) -> None:  # noqa: N802 (Python-Markdown's name)
+    def extendMarkdown(self, md: Markdown) -> None:
         # Before the fenced-code preprocessors (priority 25), after whitespace normalisation (30).
         md.preprocessors.register(DoctestBlocks(md), "manycore_doctests", 27)
 
