@@ -136,7 +136,7 @@ class Reading(ProcessState):
                     w.skips -= 1  # it has passed a chunk taken back from it: it may get chunks again
                     continue
                 if frame.kind == ch.READY:
-                    continue  # steals wait for READY (``_steal_locked``); the pass below may make one
+                    continue  # steals wait for READY (``Assigner.steal``); the pass below may make one
                 chunk = w.inflight.pop(frame.chunk_id, None)
                 if chunk is None and frame.fd is not None:  # the chunk was failed meanwhile
                     os.close(frame.fd)

@@ -81,7 +81,7 @@ class Worker:
         self.bad_frame: str | None = None  # why the supervisor killed it for what it sent
         channel.set_check(self.check_frame)
 
-        # Work stealing (see Scheduler._steal_locked). Chunks queued behind another get a token; ``unstarted``
+        # Work stealing (see _assign.Assigner.steal). Chunks queued behind another get a token; ``unstarted``
         # holds the ids of those sent whose token may still be in the pipe, in the order they entered the
         # socket; ``token_lock`` makes "write the token, send the frame, note the id" one step.
         self.tokens = tokens  # the token pipe's (read end, write end); both -1 once closed
