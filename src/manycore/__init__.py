@@ -6,8 +6,8 @@ General layout (data flows one way, top to bottom):
   concurrent.futures.Executor), ``_api.map``/``_api.imap`` (one call, no pool to manage);
   ``_results`` and ``_imap`` hold the objects they return; ``_options`` the options they take, validated;
 - backends: ``backends`` (a registry: ``process``, ``thread``, ``dask``, ``ray``, each with its capabilities);
-- scheduler: ``_scheduler`` (assignment, the supervisor thread, crash and timeout recovery),
-  ``_chunking`` (automatic chunk sizes);
+- scheduler: ``_process`` (manycore's worker processes: assignment, the supervisor thread, one module per
+  responsibility), ``_recovery`` (what becomes of a lost chunk), ``_chunking`` (automatic chunk sizes);
 - transport and processes: ``_channel`` (framed socket messages), ``_launch`` and ``_zygote`` (starting workers),
   ``_serialize`` (parent-side cloudpickle, with errors that name the culprit), ``_wire`` (worker-side pickling);
 - worker: ``_worker`` (the loop that runs chunks).

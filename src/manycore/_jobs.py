@@ -3,7 +3,7 @@
 A Job is one call's work (a map, an imap, one apply or submit); the API layer's result objects subclass it. A
 Chunk is consecutive items of one job, the unit that is sent, run and answered. ``SchedulerBase`` keeps the
 jobs waiting for dispatch (first come, first served), the retry queue, and what ``close(); join()`` waits for.
-Subclasses decide where chunks run: ``_scheduler.Scheduler`` on manycore's own worker processes,
+Subclasses decide where chunks run: ``_process._supervisor.Scheduler`` on manycore's own worker processes,
 ``_engine.EngineScheduler`` on threads, Dask or Ray.
 """
 

@@ -1,4 +1,4 @@
-"""The ``process`` backend (the default): manycore's own worker processes, run by ``_scheduler.Scheduler``.
+"""The ``process`` backend (the default): manycore's own worker processes, run by ``_process.Scheduler``.
 
 The scheduler (the supervisor thread, epoll, the fork server) is imported when the first pool is built, not
 when this module is: ``backends.capabilities("process")`` and the option checks cost no more than this file.
@@ -12,7 +12,7 @@ from ._base import Backend, Capabilities
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .._scheduler import Scheduler
+    from .._process._supervisor import Scheduler
 
 
 class Process(Backend):
@@ -32,7 +32,7 @@ class Process(Backend):
     pool_initializer = True
 
     def scheduler(self, options: PoolOptions) -> Scheduler:
-        from .._scheduler import Scheduler
+        from .._process._supervisor import Scheduler
 
         n = options.processes or cpu_count()
         return Scheduler(
