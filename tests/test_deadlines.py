@@ -14,6 +14,7 @@ import pytest
 
 from manycore import _channel as ch
 from manycore._jobs import Chunk, Job, SchedulerBase
+from manycore._options import CallOptions
 from manycore._process._deadlines import overdue
 from manycore._process._workers import Worker, _token_pipe
 from manycore._worker import STATUS, STATUS_SIZE
@@ -39,7 +40,7 @@ def worker() -> Iterator[Worker]:
 
 
 def running(w: Worker, timeout: float | None, items: int = 3) -> Chunk:
-    job = Job(SchedulerBase(2), square, task_timeout=timeout)
+    job = Job(SchedulerBase(2), square, CallOptions(task_timeout=timeout))
     chunk = Chunk(job, 0, list(range(items)))
     chunk.cid = 7
     w.inflight[chunk.cid] = chunk

@@ -13,6 +13,7 @@ import pytest
 from manycore import _channel as ch
 from manycore._engine import run_chunk
 from manycore._jobs import Chunk, Job, SchedulerBase
+from manycore._options import CallOptions
 from manycore._process._payload import MappedResults, decode, encode, frame_flags
 from manycore._serialize import loads
 from manycore._worker import BLOCK_SHIFT, FN_SHIFT, PARTIAL, TRACK_ITEMS
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def make_chunk(items: list[object], *, first: int = 0, task_timeout: float | None = None) -> Chunk:
-    return Chunk(Job(SchedulerBase(2), fail_on, task_timeout=task_timeout), first, items)
+    return Chunk(Job(SchedulerBase(2), fail_on, CallOptions(task_timeout=task_timeout)), first, items)
 
 
 def test_small_items_travel_in_band() -> None:

@@ -16,6 +16,7 @@ import manycore
 from manycore import _channel as ch
 from manycore._engine import Engine, run_chunk
 from manycore._jobs import Chunk, Job, SchedulerBase
+from manycore._options import CallOptions
 from manycore._recovery import Lost, loss_error, lost_chunk, retry_allowed, suspect_offset
 from manycore.errors import TaskTimeoutError, WorkerLostError
 
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def make_chunk(n: int, *, first: int = 10, retries: int = 0, kind: int = ch.MAP) -> Chunk:
-    job = Job(SchedulerBase(2), square, retries=retries)
+    job = Job(SchedulerBase(2), square, CallOptions(retries=retries))
     job.kind = kind
     return Chunk(job, first, list(range(first, first + n)))
 
