@@ -25,20 +25,24 @@ from tasks import pid, sleep_return, square
 pytestmark = pytest.mark.timeout(90)
 
 
+EARLIER: set[int] = set()  # this process's children when the test started (other tests' helpers)
+
+
 @pytest.fixture(autouse=True)
 def fresh_shared_pool() -> Iterator[None]:
     """Each test starts without a shared pool and leaves none (nor any process) behind."""
     _api._stop_shared()
-    before = children()
+    EARLIER.clear()
+    EARLIER.update(children())
     yield
     _api._stop_shared()
-    assert wait_no_new_children(before) == set()
+    assert wait_no_new_children(EARLIER) == set()
 
 
 def pids_of_shared_pool() -> set[int]:
-    """Its fork server and workers: this process's children (a test starts with none of manycore's)."""
+    """Its fork server and workers: this process's children that the test started."""
     assert _api._shared is not None
-    return children()
+    return children() - EARLIER
 
 
 def both_workers(**options: object) -> set[int]:
