@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -367,6 +368,14 @@ class ForkServerLauncher(Launcher):
 def _wait_or_kill(pid: int, timeout: float) -> None:
     """Reap a fork server forked from this process (SIGKILLed after ``timeout``): no zombie, no orphan."""
     deadline = time.monotonic() + timeout
+    # Woken the moment it exits (a pidfd is readable then), not at the next tick of a sleep loop: the fork
+    # server's exit is on the path of every pool's close (W6).
+    with contextlib.suppress(AttributeError, OSError):
+        pidfd = os.pidfd_open(pid)
+        try:
+            select.select([pidfd], [], [], timeout)
+        finally:
+            os.close(pidfd)
     delay = 0.0005
     while True:
         try:
