@@ -22,6 +22,15 @@ import pytest
 
 pytestmark = pytest.mark.timeout(90)
 
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a process may end between the two questions)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Which fork server the script's pool got: the forked one has the script's own command line, the exec'd one
@@ -218,8 +227,6 @@ def test_workers_and_fork_server_die_with_a_sigkilled_parent(setup: str) -> None
     deadline = time.monotonic() + 10
     alive = pids
     while alive and time.monotonic() < deadline:
-        alive = [
-            p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-        ]
+        alive = [p for p in pids if running(p)]
         time.sleep(0.02)
     assert alive == [], "processes outlived their SIGKILLed parent"

@@ -25,6 +25,14 @@ from tasks import pid, sleep_return, square
 pytestmark = pytest.mark.timeout(90)
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a process may end between the two questions)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 EARLIER: set[int] = set()  # this process's children when the test started (other tests' helpers)
 
 
@@ -71,9 +79,7 @@ def run_script(code: str, timeout: float = 60) -> subprocess.CompletedProcess[st
 def gone(pids: set[int], timeout: float = 10) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        alive = {
-            p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-        }
+        alive = {p for p in pids if running(p)}
         if not alive:
             return True
         time.sleep(0.02)
@@ -273,11 +279,16 @@ def test_ctrl_c_during_a_call_stops_that_pool_and_the_next_call_makes_a_fresh_on
             manycore.map(sleep_return, [30.0] * 4, workers=2, chunksize=1)
         except KeyboardInterrupt:
             print("interrupted")
+        def running(p):
+            try:
+                return psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
+
         deadline = time.monotonic() + 10
-        while any(os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().split()[2] != "Z"
-                  for p in workers) and time.monotonic() < deadline:
+        while any(map(running, workers)) and time.monotonic() < deadline:
             time.sleep(0.02)
-        print("old workers alive:", [p for p in workers if os.path.exists(f"/proc/{p}")])
+        print("old workers alive:", [p for p in workers if running(p)])
         again = set(manycore.map(pid, range(4), workers=2))
         print("fresh pool:", _api._shared is not old, "shared pids:", bool(again & workers))
         """
