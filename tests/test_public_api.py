@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import manycore
 
 
@@ -44,18 +46,22 @@ def test_import_is_light() -> None:
     assert out.strip() == "[]"
 
 
-def test_fork_server_starts_before_cloudpickle_is_imported() -> None:
+@pytest.mark.parametrize("server", ["forked", "execd"])
+def test_fork_server_starts_before_cloudpickle_is_imported(server: str) -> None:
     # Pool() starts its fork server before anything imports cloudpickle, so that the import (the largest of a
     # first Pool()) overlaps the server's start-up instead of delaying it (W6). Recorded at the moment the
-    # server's interpreter is launched.
+    # server's interpreter is launched (exec'd: another thread runs), or the server forked (single-threaded).
     code = (
-        "import subprocess, sys, manycore\n"
+        "import os, subprocess, sys, threading, time, manycore\n"
+        f"if {server == 'execd'}:\n"
+        "    threading.Thread(target=time.sleep, args=(10,), daemon=True).start()\n"
         "seen = []\n"
         "popen_init = subprocess.Popen.__init__\n"
         "def record(self, *args, **kwargs):\n"
         "    seen.append('cloudpickle' in sys.modules)\n"
         "    popen_init(self, *args, **kwargs)\n"
         "subprocess.Popen.__init__ = record\n"
+        "os.register_at_fork(before=lambda: seen.append('cloudpickle' in sys.modules))\n"
         "with manycore.Pool(2) as pool:\n"
         "    print(seen, pool.apply(abs, (-3,)), 'cloudpickle' in sys.modules)\n"
     )

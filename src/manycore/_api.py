@@ -18,6 +18,7 @@ Engine backends (``"thread"``, Dask, Ray) still get a pool per call: it starts n
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -240,7 +241,9 @@ class _Using(Iterator[R]):
             _release(shared)
 
     def __del__(self) -> None:
-        self.close()
+        # At interpreter exit this module's globals may be gone already: then there is nothing to release.
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 def _owning(pool: Pool, results: Iterator[R]) -> Iterator[R]:
