@@ -3,7 +3,9 @@
 Every launcher hands a worker the child end of a socket pair and a status page (a memfd), and reports exit
 codes as ``(pid, exitcode)`` pairs, negative for a signal as in ``multiprocessing``.
 
-- ``forkserver`` (the default on Linux): a zygote interpreter (see ``_zygote``) forks each worker.
+- ``forkserver`` (the default on Linux): a zygote (see ``_zygote``) forks each worker. It is forked from the
+  user's process when ``may_fork_server`` finds that safe (W6: no interpreter start), a fresh interpreter
+  otherwise.
 - ``fork``: ``os.fork()`` of the user's process. Fastest, shares the parent's memory copy-on-write, but unsafe
   if the parent runs other threads (Python 3.12+ warns about that), and the supervisor thread is one.
 - ``spawn``: a fresh interpreter per worker. Slowest to start; nothing is inherited.
