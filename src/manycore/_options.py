@@ -271,14 +271,29 @@ class CallOptions(_Frozen):
 
     def merge(self, overrides: Mapping[str, Any], allowed: frozenset[str] = CALL_OPTIONS) -> CallOptions:
         """These options with a call's overrides applied, validated; an unknown name is a TypeError."""
-        unknown = set(overrides) - allowed
-        if unknown:
+        if not allowed.issuperset(overrides):
+            unknown = set(overrides) - allowed
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
         if not overrides:
             return self
-        return CallOptions(**{**self.as_dict(), **overrides})
+        # Only the overrides are checked (this runs once per map call): the rest was checked when self was made.
+        merged = object.__new__(CallOptions)
+        setattr_ = object.__setattr__
+        for name in self._fields:
+            if name in overrides:
+                setattr_(merged, name, _CALL_CHECKS[name](overrides[name]))
+            else:
+                setattr_(merged, name, getattr(self, name))
+        return merged
 
 
+_CALL_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "chunksize": check_chunksize,
+    "on_error": check_on_error,
+    "retries": check_retries,
+    "task_timeout": lambda value: check_timeout(value, "task_timeout"),
+    "progress": check_progress,
+}
 DEFAULT_CALL = CallOptions()
 
 
