@@ -55,6 +55,23 @@ from . import _initdata, _shm
 from ._broadcast import Broadcast, collect
 from ._jobs import Chunk, Job, SchedulerBase, State
 from ._launch import ForkLauncher, Launcher, launching, make_launcher
+from ._protocol import (
+    BLOCK_SHIFT,
+    FN_SHIFT,
+    FUNCTION_CACHE,
+    INIT,
+    INITARGS_UNLOADABLE,
+    INPUT_KEPT,
+    NO_FUNCTION,
+    OUT_OF_BAND,
+    PARTIAL,
+    RESULT_FLAGS,
+    STATUS,
+    STATUS_SIZE,
+    TOKEN,
+    TRACK_ITEMS,
+    UNLOADABLE,
+)
 from ._serialize import (
     dumps_frames,
     find_unpicklable,
@@ -63,21 +80,7 @@ from ._serialize import (
     unloadable_error,
     unpack_exception,
 )
-from ._worker import (
-    BLOCK_SHIFT,
-    FN_SHIFT,
-    FUNCTION_CACHE,
-    INPUT_KEPT,
-    NO_FUNCTION,
-    OUT_OF_BAND,
-    PARTIAL,
-    STATUS,
-    STATUS_SIZE,
-    TOKEN,
-    TRACK_ITEMS,
-    UNLOADABLE,
-    thread_ids,
-)
+from ._worker._blas import thread_ids
 from .errors import (
     InitializerError,
     PoolBrokenError,
@@ -101,7 +104,6 @@ MAX_MAPPED_RESULTS = 64
 # No frame from a worker may be larger than this machine's memory: a longer length is a forged or garbled header,
 # refused before anything is allocated for it.
 MAX_BODY = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-RESULT_FLAGS = PARTIAL | OUT_OF_BAND | INPUT_KEPT | UNLOADABLE | NO_FUNCTION
 
 
 READ = select.EPOLLIN
@@ -211,23 +213,24 @@ class Worker:
                 if fd >= 0:
                     os.close(fd)
 
-    def check_frame(self, kind: int, chunk_id: int, a: int, b: int, length: int) -> None:
+    def check_frame(self, frame: ch.Frame, length: int) -> None:
         """Refuse a frame header this worker cannot legitimately send, before its body is allocated or read.
 
         Runs in whichever thread reads the socket (holding ``reading``). The chunk id is what matters most: the
         parent unpickles a result only for a chunk it gave this worker, at most once (see ``Scheduler._read``).
         """
+        kind, chunk_id = frame.kind, frame.chunk_id
         if kind == ch.RESULT:
             if chunk_id not in self.inflight:
                 raise ch.ProtocolError(f"a result for chunk {chunk_id}, which it was not running")
-            if b & ~RESULT_FLAGS:
-                raise ch.ProtocolError(f"a result with unknown flags {b:#x}")
+            if frame.flags & ~RESULT_FLAGS:
+                raise ch.ProtocolError(f"a result with unknown flags {frame.flags:#x}")
         elif kind == ch.READY:
             if self.ready or chunk_id or length:
                 raise ch.ProtocolError("a second or malformed READY message")
-            if self.pid is not None and a != self.pid:
+            if self.pid is not None and frame.pid != self.pid:
                 # The pid is the one the supervisor will SIGKILL: never take another process's from a worker.
-                raise ch.ProtocolError(f"READY with pid {a}, but its pid is {self.pid}")
+                raise ch.ProtocolError(f"READY with pid {frame.pid}, but its pid is {self.pid}")
         elif kind == ch.INIT_FAILED:
             if self.ready:
                 raise ch.ProtocolError("INIT_FAILED after READY")
@@ -914,7 +917,7 @@ class Scheduler(SchedulerBase):
                 if frame.chunk_id in answered:
                     reason = f"a second result for chunk {frame.chunk_id}"
                 answered.add(frame.chunk_id)
-                announced += bool(frame.b & OUT_OF_BAND)
+                announced += bool(frame.flags & OUT_OF_BAND)
         # Descriptors travel with a frame's first byte, at most one frame's per read: beyond the segments the
         # results announce, only the one of a frame still arriving may be there.
         if announced > len(fds):
@@ -925,7 +928,7 @@ class Scheduler(SchedulerBase):
             return self._refuse(w, reason)
         for frame in frames:
             if frame.kind == ch.RESULT:
-                if frame.b & OUT_OF_BAND:
+                if frame.flags & OUT_OF_BAND:
                     frame.fd = fds.popleft()
                 results.append((w, frame))
             elif frame.kind == ch.SKIPPED:
@@ -939,7 +942,7 @@ class Scheduler(SchedulerBase):
             elif frame.kind == ch.INIT_FAILED:
                 what = (
                     "the pool's initializer or its initargs could not be unpickled in a worker"
-                    if frame.b
+                    if frame.flags & INITARGS_UNLOADABLE
                     else "the pool's initializer raised in a worker"
                 )
                 self._break(
@@ -990,7 +993,7 @@ class Scheduler(SchedulerBase):
                 if chunk is not None:
                     done.append((w, chunk, frame))
                     if chunk.segment is not None:
-                        self._segments.release(chunk.segment, reusable=not frame.b & INPUT_KEPT)
+                        self._segments.release(chunk.segment, reusable=not frame.flags & INPUT_KEPT)
                         chunk.segment = None
             assignments = self._assign_locked()
         self._send(assignments)
@@ -1004,21 +1007,23 @@ class Scheduler(SchedulerBase):
                     os.close(frame.fd)
                     w.channel.send(ch.SEGMENT_FREE, _shm.segment_id(frame.body), 0, 0)
                 continue
-            if frame.b & NO_FUNCTION:  # nothing ran: the worker lacked the function; send it again with it
+            if (
+                frame.flags & NO_FUNCTION
+            ):  # nothing ran: the worker lacked the function; send it again with it
                 with self._lock:
                     w.known_fns.pop(job.fn_key, None)
                     self._retry.appendleft(chunk)
                     assignments = self._assign_locked()
                 self._send(assignments)
                 continue
-            if frame.b & UNLOADABLE:  # nothing ran: some item did not unpickle in the worker
+            if frame.flags & UNLOADABLE:  # nothing ran: some item did not unpickle in the worker
                 if len(chunk.items) > 1:
                     self._one_by_one(chunk)  # to find which
                 else:
                     what = "argument" if job.kind != ch.CALL else "call argument"
                     job.deliver(chunk, [None], {0: unloadable_error(chunk.first, what, loads(frame.body))})
                 continue
-            job.chunker.observe_time(len(chunk.items), frame.a / 1e9)
+            job.chunker.observe_time(len(chunk.items), frame.compute_ns / 1e9)
             # Results count towards the chunk size cap too: a chunk of big results needs a big fresh segment.
             nbytes = len(frame.body) + (_shm.segment_bytes(frame.body) if frame.fd is not None else 0)
             job.chunker.observe_bytes(len(chunk.items), nbytes, results=True)
@@ -1027,7 +1032,7 @@ class Scheduler(SchedulerBase):
                     fd, frame.fd = frame.fd, None
                     values = self._unpack_in_place(w, frame.body, fd)
                     errors = {}
-                elif frame.b & PARTIAL:
+                elif frame.flags & PARTIAL:
                     values, packed = loads(frame.body)
                     errors = {k: unpack_exception(v) for k, v in packed.items()}
                     if job.kind != ch.CALL:
@@ -1161,7 +1166,7 @@ class Scheduler(SchedulerBase):
         head = _initdata.header(self.start_method, nfds, self._tracker)
         # The init data's descriptors first (the worker takes as many as the header counts), then the read end
         # of the worker's token pipe.
-        w.channel.send(ch.CALL, 0, 0, len(head), head, self._init_blob, fds=(*fds, tokens[0]))
+        w.channel.send(INIT, 0, len(head), 0, head, self._init_blob, fds=(*fds, tokens[0]))
         self._workers[wid] = w
         self._selector.register(w.channel.fileno(), READ | WRITE, w)
 
