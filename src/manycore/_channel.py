@@ -280,14 +280,10 @@ class FrameReader:
         frames: list[Frame] = []
         buf = self._buf
         check = self.check
-        while self._end - self._start >= HEADER.size:
-            kind, chunk_id, arg, flags, length = HEADER.unpack_from(buf, self._start)
-            body_start = self._start + HEADER.size
-            available = self._end - body_start
-            if check is None and length <= available:
-                frames.append(Frame(kind, chunk_id, arg, flags, buf[body_start : body_start + length]))
-                self._start = body_start + length
-                continue
+        # Locals: this loop runs once per frame received (W5's round trips, W7's stream of chunks).
+        unpack, header_size, end = HEADER.unpack_from, HEADER.size, self._end
+        while end - self._start >= header_size:
+            kind, chunk_id, arg, flags, length = unpack(buf, self._start)
             frame = Frame(kind, chunk_id, arg, flags, _NO_BODY)
             if check is not None:
                 try:
@@ -297,6 +293,8 @@ class FrameReader:
                     self.error = exc
                     self._start = self._end = 0
                     break
+            body_start = self._start + header_size
+            available = end - body_start
             if length <= available:
                 frame.body = buf[body_start : body_start + length]
                 frames.append(frame)
