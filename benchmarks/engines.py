@@ -13,7 +13,7 @@ on an idle machine (no CPU busy with the engine's clean-up of the previous one):
 W2 also runs as items that each burn exactly 10 ms of CPU time (``workloads.cpu_burn``): the cores of the shared VM
 change clock speed from one moment to the next, which moves busy-loop items by up to 2x, not CPU-time ones.
 
-W1 runs over 20,000 items rather than BENCHMARKS.md's 1,000,000: one task per item at Dask's milliseconds of
+W1 runs over 20,000 items rather than the 1,000,000 of benchmarks/README.md: one task per item at Dask's milliseconds of
 overhead would take minutes; items/s is the figure either way.
 """
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run the BENCHMARKS.md workloads for manycore and its peers, and print medians and ratios.
+"""Run the workloads of benchmarks/README.md for manycore and its peers, and print medians and ratios.
 
     python benchmarks/run.py [--libs manycore,mp,...] [--workloads W1,W2,...] [--repeats 3]
                              [--workers 2] [--json PATH] [--timeout 300]

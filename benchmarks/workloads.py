@@ -1,4 +1,4 @@
-"""Task functions, per-library runners and the workloads W1..W10 of /work/shared/BENCHMARKS.md.
+"""Task functions, per-library runners and the workloads W1..W10 (defined in benchmarks/README.md).
 
 Everything a worker has to unpickle lives in this module, never in ``__main__``, so that spawn-based
 peers (loky, joblib) import it by name like the fork-based ones inherit it.
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     FloatArray = npt.NDArray[np.float64]
 
 MIB = 1024 * 1024
-GB = 1e9  # GB/s figures use decimal gigabytes, like BENCHMARKS.md's 0.4 and 12.5 GB/s memory speeds
+GB = 1e9  # GB/s figures use decimal gigabytes, as the memory speeds quoted in benchmarks/README.md
 ARRAY_16MIB_ITEMS = 16 * MIB // 8
 ARRAY_256MIB_ITEMS = 256 * MIB // 8
 WARM_UP_SECONDS = 0.02

@@ -105,17 +105,22 @@ def test_output_before_the_pool_comes_first(start_method: str, kind: str, tmp_pa
 # ---- 2. interpreter exit -----------------------------------------------------------------------------------
 
 
+# The task of the exit tests: slow enough that the script reaches its end with the work still pending.
+SLOW_PRINT = (
+    "import time, manycore\ndef slow_print(word):\n    time.sleep(0.3)\n    print(word, flush=True)\n"
+)
+
+
 def test_executor_not_shut_down_runs_pending_work_at_exit(start_method: str) -> None:
     proc = run_script(
-        f"""
-        import time, manycore
-        def slow_print(word):
-            time.sleep(0.3)
-            print(word, flush=True)
+        SLOW_PRINT
+        + textwrap.dedent(
+            f"""
         ex = manycore.Executor(2, start_method={start_method!r})
         for word in ["apple", "pear", "plum"]:
             ex.submit(slow_print, word)
         """
+        )
     )
     assert proc.returncode == 0, proc.stderr
     assert sorted(proc.stdout.split()) == ["apple", "pear", "plum"]
@@ -123,14 +128,14 @@ def test_executor_not_shut_down_runs_pending_work_at_exit(start_method: str) -> 
 
 def test_dropped_executor_still_runs_its_work(start_method: str) -> None:
     proc = run_script(
-        f"""
-        import gc, time, manycore
-        def slow_print(word):
-            time.sleep(0.3)
-            print(word, flush=True)
+        SLOW_PRINT
+        + textwrap.dedent(
+            f"""
+        import gc
         manycore.Executor(1, start_method={start_method!r}).submit(slow_print, "apple")
         gc.collect()
         """
+        )
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["apple"]

@@ -5,8 +5,8 @@ General layout (data flows one way, top to bottom):
 - public API: ``_pool.Pool`` (multiprocessing.Pool's interface), ``_executor.Executor`` (a
   concurrent.futures.Executor), ``_api.map``/``_api.imap`` (one call, no pool to manage);
   ``_results`` holds the objects they return;
-- scheduler: ``_scheduler`` (assignment, the supervisor thread, crash and timeout recovery),
-  ``_chunking`` (automatic chunk sizes);
+- scheduler: ``_process`` (manycore's worker processes: assignment, the supervisor thread, one module per
+  responsibility), ``_recovery`` (what becomes of a lost chunk), ``_chunking`` (automatic chunk sizes);
 - transport and processes: ``_protocol`` (the wire format both sides share), ``_channel`` (framed socket
   messages), ``_launch`` and ``_zygote`` (starting workers), ``_serialize`` (parent-side cloudpickle, with
   errors that name the culprit), ``_wire`` (worker-side pickling);

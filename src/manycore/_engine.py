@@ -26,6 +26,7 @@ from typing import Any
 
 from . import _channel as ch
 from ._jobs import Chunk, Job, SchedulerBase, State
+from ._recovery import lost_chunk
 from ._serialize import unpack_exception
 from ._worker import run_items
 from .errors import PoolClosedError, WorkerLostError
@@ -155,17 +156,15 @@ class EngineScheduler(SchedulerBase):
         elif self._engine.is_worker_lost(error) and not job.closed:
             if chunk is not self._isolated:
                 suspects = chunk.solos()  # it may have been the victim of another task: re-run alone
-            else:
-                index = chunk.first
-                tries = job.attempts[index] = job.attempts.get(index, 0) + 1
-                if tries <= job.retries:
-                    requeue = [chunk.part(0, 1)]
-                else:
+            else:  # the suspect, alone: retried, or it fails (see _recovery)
+                requeue, failed, _ = lost_chunk(chunk, 0, 1)
+                for culprit in failed:
+                    index = culprit.first
                     lost = WorkerLostError(
                         f"the {self._engine.name} worker running item #{index} died ({error})", index=index
                     )
                     lost.__cause__ = error
-                    job.deliver(chunk, [None], {0: lost})
+                    job.deliver(culprit, [None], {0: lost})
         elif not job.closed:
             job.deliver(chunk, [None] * len(chunk.items), dict.fromkeys(range(len(chunk.items)), error))
         with self._lock:

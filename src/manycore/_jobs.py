@@ -3,7 +3,7 @@
 A Job is one call's work (a map, an imap, one apply or submit); the API layer's result objects subclass it. A
 Chunk is consecutive items of one job, the unit that is sent, run and answered. ``SchedulerBase`` keeps the
 jobs waiting for dispatch (first come, first served), the retry queue, and what ``close(); join()`` waits for.
-Subclasses decide where chunks run: ``_scheduler.Scheduler`` on manycore's own worker processes,
+Subclasses decide where chunks run: ``_process._supervisor.Scheduler`` on manycore's own worker processes,
 ``_engine.EngineScheduler`` on threads, Dask or Ray.
 """
 
@@ -70,7 +70,7 @@ class Chunk:
         self.buffers: list[pickle.PickleBuffer] = []  # those buffers
         self.segment: _shm.Segment | None = None  # the shared memory they occupy while in flight
         self.broadcasts: set[int] = set()  # ids of the broadcast handles in the items
-        # Items the worker tracks as one (see _worker.run_items): set when the chunk is sent; 1 tracks each.
+        # Items the worker tracks as one (see _worker._run.run_items): set when the chunk is sent; 1 tracks each.
         self.block = 1
 
     def part(self, start: int, stop: int) -> Chunk:

@@ -302,7 +302,13 @@ class IMapIterator(Job, Iterator[T]):
         self._ordered = ordered
         self._return_errors = on_error == "return"
         self._bar = progress
-        self._cond = threading.Condition()
+        # One lock, two conditions: the consumer waits for results (``_cond``), the feeder for room in the
+        # window (``_room``). With one condition every delivered chunk woke the feeder for nothing and every
+        # chunk read woke the consumer for nothing: W7 (2M items) made 3.5x the context switches of before the
+        # feeder thread existed.
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        self._room = threading.Condition(lock)
         self._pulled = 0  # items taken from the source
         self._taken = 0  # items of the pieces handed to the consumer so far
         self._values: list[Any] = []  # the piece being read, its errors by offset, the next offset
@@ -340,7 +346,7 @@ class IMapIterator(Job, Iterator[T]):
             args=(
                 weakref.ref(self),
                 self._feed,
-                self._cond,
+                self._room,
                 self._open,
                 source,
                 self._window,
@@ -365,7 +371,8 @@ class IMapIterator(Job, Iterator[T]):
             if error is not None:
                 self._source_error = (self._pulled, error)
             self._exhausted = exhausted or error is not None
-            self._cond.notify_all()
+            if self._exhausted:
+                self._cond.notify_all()  # a consumer waiting past the last item sees the end
         if items:
             self.queued.append(Chunk(self, first, items))
             self.scheduler.more_ready(self)
@@ -377,7 +384,7 @@ class IMapIterator(Job, Iterator[T]):
         with self._cond:
             self._draining = True
             self._feed.unbounded = True
-            self._cond.notify_all()
+            self._room.notify_all()
         self._finish_drained()
 
     def _finish_drained(self) -> None:
@@ -390,7 +397,7 @@ class IMapIterator(Job, Iterator[T]):
     def _stop_feeding(self) -> None:
         with self._cond:
             self._feed.stop = True
-            self._cond.notify_all()
+            self._room.notify_all()
 
     # ---- the consumer side -----------------------------------------------------------------------------
 
@@ -491,7 +498,7 @@ class IMapIterator(Job, Iterator[T]):
             self._open[origin] = left
         else:
             del self._open[origin]
-        self._cond.notify_all()  # room in the window: the feeder reads on
+        self._room.notify()  # room in the window: the feeder reads on
         self._taken += len(values)
         self._values, self._errors, self._pos = values, errors, 0
         return True
@@ -531,6 +538,7 @@ class IMapIterator(Job, Iterator[T]):
             self._failure = exc
             self._feed.stop = True
             self._cond.notify_all()
+            self._room.notify_all()
         self.scheduler.job_finished(self)
         self.owner = None
 

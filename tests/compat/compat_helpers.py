@@ -36,6 +36,24 @@ def skip_unless_full(cls: type, method: str) -> None:
         )
 
 
+def harness_class(
+    name: str,
+    bases: tuple[type, ...],
+    attrs: dict[str, Any],
+    *,
+    reference: type,
+    method: str,
+    excused: Mapping[str, str],
+    known_failing: Mapping[str, str],
+) -> type:
+    """A class running ``reference``'s tests against manycore on one start method: ``attrs`` (the factory, the
+    module) plus the reference's tests as the tables mark them; skipped outside the full run but kept."""
+    cls = type(name, bases, {**attrs, **marked_tests(reference, method, excused, known_failing)})
+    cls.__qualname__ = name
+    skip_unless_full(cls, method)
+    return cls
+
+
 def private_reads(test: Callable[..., Any], attributes: frozenset[str]) -> list[str]:
     """The private attributes of the reference implementation that ``test``'s own source reads or sets."""
     try:

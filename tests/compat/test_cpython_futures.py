@@ -24,7 +24,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from compat_helpers import check_tables, excuse_private_reads, marked_tests, skip_unless_full
+from compat_helpers import check_tables, excuse_private_reads, harness_class
 
 import manycore
 
@@ -141,14 +141,16 @@ def _build() -> dict[str, type]:
     built: dict[str, type] = {}
     for name, (base, generic, method) in sorted(REFERENCE.items()):
         # marked_tests looks tables up by the class's __name__: give it the generic name.
-        lookup_base = type(generic, (base,), {})
-        attrs: dict[str, Any] = {"executor_type": manycore.Executor, "__module__": __name__}
-        attrs.update(marked_tests(lookup_base, method, EXCUSED, KNOWN_FAILING))
         new_name = f"TestManycore_{name}"
-        cls = type(new_name, (_ManycoreExecutorMixin, base), attrs)
-        cls.__qualname__ = new_name
-        skip_unless_full(cls, method)
-        built[new_name] = cls
+        built[new_name] = harness_class(
+            new_name,
+            (_ManycoreExecutorMixin, base),
+            {"executor_type": manycore.Executor, "__module__": __name__},
+            reference=type(generic, (base,), {}),
+            method=method,
+            excused=EXCUSED,
+            known_failing=KNOWN_FAILING,
+        )
     return built
 
 

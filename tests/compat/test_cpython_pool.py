@@ -20,7 +20,7 @@ import weakref
 from typing import Any
 
 import pytest
-from compat_helpers import check_tables, excuse_private_reads, marked_tests, skip_unless_full
+from compat_helpers import check_tables, excuse_private_reads, harness_class
 
 import manycore
 
@@ -120,17 +120,16 @@ def _build() -> dict[str, type]:
         if "processes" not in base.ALLOWED_TYPES:
             continue
         for method in METHODS:
-            attrs: dict[str, Any] = {
-                "START_METHOD": method,
-                "Pool": staticmethod(_pool_factory(method)),
-                "__module__": __name__,
-            }
-            attrs.update(marked_tests(base, method, EXCUSED, KNOWN_FAILING))
             new_name = f"TestManycore{name[5:]}_{method}"
-            cls = type(new_name, (base, _ManycoreMixin, unittest.TestCase), attrs)
-            cls.__qualname__ = new_name
-            skip_unless_full(cls, method)
-            built[new_name] = cls
+            built[new_name] = harness_class(
+                new_name,
+                (base, _ManycoreMixin, unittest.TestCase),
+                {"START_METHOD": method, "Pool": staticmethod(_pool_factory(method)), "__module__": __name__},
+                reference=base,
+                method=method,
+                excused=EXCUSED,
+                known_failing=KNOWN_FAILING,
+            )
     return built
 
 

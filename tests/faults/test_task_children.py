@@ -12,6 +12,7 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -42,6 +43,15 @@ def _left_children(pid_dir: Path) -> list[int]:
     return [pid for pid in pids if psutil.pid_exists(pid)]
 
 
+def _fails_while_child_lives(pool: manycore.Pool, result: Any, error: type[Exception], pid_dir: Path) -> None:
+    """The task's worker is gone (``error``) while the child the task forked lives; the pool goes on with a
+    fresh worker."""
+    with pytest.raises(error):
+        result.get(WAIT)
+    assert _left_children(pid_dir), "the task's child should still be alive: the test shows nothing"
+    assert pool.apply(os.getpid) > 0
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(("how", "death"), [("os.fork", "sigkill"), ("multiprocessing", "segfault")])
 def test_worker_death_noticed_while_its_forked_child_lives(
@@ -49,11 +59,7 @@ def test_worker_death_noticed_while_its_forked_child_lives(
 ) -> None:
     with make_pool(start_method) as pool:
         result = pool.apply_async(fork_tasks.leave_child_then_die, (str(pid_dir), how, death))
-        with pytest.raises(WorkerLostError):
-            result.get(WAIT)
-        assert _left_children(pid_dir), "the task's child should still be alive: the test shows nothing"
-        # The pool goes on with a fresh worker.
-        assert pool.apply(os.getpid) > 0
+        _fails_while_child_lives(pool, result, WorkerLostError, pid_dir)
 
 
 @pytest.mark.timeout(90)
@@ -63,10 +69,7 @@ def test_task_timeout_fires_while_the_tasks_forked_child_lives(
 ) -> None:
     with make_pool(start_method, task_timeout=1) as pool:
         result = pool.starmap_async(fork_tasks.leave_child_then_hang, [(str(pid_dir), how)])
-        with pytest.raises(TaskTimeoutError):
-            result.get(WAIT)
-        assert _left_children(pid_dir), "the task's child should still be alive: the test shows nothing"
-        assert pool.apply(os.getpid) > 0
+        _fails_while_child_lives(pool, result, TaskTimeoutError, pid_dir)
 
 
 @pytest.mark.timeout(90)
