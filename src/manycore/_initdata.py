@@ -94,6 +94,10 @@ def pack(
     start_method: str,
 ) -> tuple[bytes, list[int]]:
     """The init blob and the descriptors that must travel with it (the caller closes them at shutdown)."""
+    if start_method != "fork" and initializer is None and not initargs:
+        # Nothing here needs cloudpickle: its import (the parent's largest) waits for the first task, and
+        # overlaps with the workers' start instead of delaying it (W6).
+        return dumps((None, (), *rest)), []
     if start_method == "fork" or (initializer is None and not initargs):
         # The forked worker inherits initargs. The initializer travels as tasks do when it can, so that one
         # defined in __main__ sets the globals the tasks see (_wire.MAIN_GLOBALS), and is inherited when it

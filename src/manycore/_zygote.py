@@ -103,6 +103,9 @@ def main(ctrl_fd: int, sys_path: list[str], preload: list[str] | None = None) ->
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
+        # Closed, not left to the collector: a fork server forked from the user's process has its warning
+        # filters, and an unclosed socket warns (an error under -W error).
+        ctrl.close()
 
 
 def _recv_fds(ctrl: socket.socket) -> tuple[bytes, list[int]]:
