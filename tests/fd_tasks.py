@@ -45,11 +45,11 @@ class _OpensFile:
 
 
 def forged_result_frame(marker: str) -> bytes:
-    """A RESULT frame (see _channel.HEADER) whose body, once unpickled, creates ``marker``."""
-    from manycore import _channel as ch
+    """A RESULT frame (see _protocol.HEADER) whose body, once unpickled, creates ``marker``."""
+    from manycore import _protocol
 
     body = pickle.dumps([_OpensFile(marker)])
-    head = ch.HEADER.pack(ch.RESULT, 0, 0, 0, len(body))
+    head = _protocol.HEADER.pack(_protocol.RESULT, 0, 0, 0, len(body))
     # The chunk id (bytes 1-8) is patched by the program for each id it tries.
     return head[:1] + b"CHUNKIDX" + head[9:] + body
 

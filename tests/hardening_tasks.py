@@ -37,12 +37,12 @@ class Marker:
 
 
 def worker_socket() -> int:
-    """The fd of this worker's socket to the parent, read from the worker loop's own frame (``_worker.serve``
+    """The fd of this worker's socket to the parent, read from the worker loop's own frame (``_worker._serve.serve``
     holds it as ``sock``) up the stack of this task: exact with every start method, where a forked worker also
     inherits the parent's unrelated sockets."""
     frame = sys._getframe()
     while frame is not None:
-        if frame.f_code.co_name == "serve" and frame.f_globals.get("__name__") == "manycore._worker":
+        if frame.f_code.co_name == "serve" and frame.f_globals.get("__name__") == "manycore._worker._serve":
             fd = frame.f_locals["sock"].fileno()
             assert os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
             return int(fd)

@@ -21,7 +21,7 @@ from manycore import _shm
 from manycore._jobs import Chunk, Job, SchedulerBase
 from manycore._process._assign import DEPTH, Assigner
 from manycore._process._workers import Worker, _token_pipe
-from manycore._worker import STATUS_SIZE
+from manycore._protocol import STATUS_SIZE
 
 from tasks import square
 

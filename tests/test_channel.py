@@ -6,6 +6,7 @@ import socket
 import threading
 
 from manycore import _channel as ch
+from manycore import _protocol
 
 
 def send_soon(sock: socket.socket, chunk_id: int, body: bytes) -> threading.Thread:
@@ -40,3 +41,53 @@ def test_a_recycled_body_is_reused_for_the_next_large_frame() -> None:
         third = ch.recv_frame(reader, pending)
         sender.join()
         assert third is not None and bytes(third.body) == third_body
+
+
+def test_frames_name_their_fields_per_kind() -> None:
+    """No reader needs to know that the header's third field is a pid, a compute time or a function key."""
+    parent, worker = socket.socketpair()
+    with parent, worker:
+        ch.send_frame(worker, _protocol.READY, 0, 4321, 0)
+        ch.send_frame(worker, _protocol.RESULT, 7, 123_456, _protocol.PARTIAL, b"body")
+        ch.send_frame(worker, _protocol.SKIPPED, 8, 0, 0)
+        reader = ch.FrameReader(parent)
+        pending: list[ch.Frame] = []
+        ready, result, skipped = (ch.recv_frame(reader, pending) for _ in range(3))
+        assert ready is not None and ready.kind == _protocol.READY and ready.pid == 4321
+        assert result is not None and result.kind == _protocol.RESULT
+        assert (result.chunk_id, result.compute_ns, result.flags) == (7, 123_456, _protocol.PARTIAL)
+        assert bytes(result.body) == b"body"
+        assert skipped is not None and (skipped.kind, skipped.chunk_id) == (_protocol.SKIPPED, 8)
+    task = _protocol.Frame(_protocol.MAP, 3, 42, 5 << _protocol.FN_SHIFT, bytearray())
+    assert (task.fn_key, task.flags >> _protocol.FN_SHIFT) == (42, 5)
+    init = _protocol.Frame(_protocol.INIT, 0, 17, 0, bytearray())
+    assert init.meta_len == 17
+    notice = _protocol.Frame(_protocol.SEGMENT_FREE, 9, 0, 0, bytearray())
+    assert notice.segment_id == 9 and notice.broadcast_id == 9  # chunk_id's names for its kinds
+    notice.fd = 5  # a real slot of its own
+    assert (notice.fd, notice.chunk_id, notice.arg) == (5, 9, 0)
+
+
+def test_the_header_check_gets_named_fields_before_the_body_is_read() -> None:
+    """The parent's check refuses a frame from its header alone: nothing of a refused body is read."""
+    seen: list[tuple[int, int, int, int]] = []
+
+    def check(frame: ch.Frame, length: int) -> None:
+        seen.append((frame.kind, frame.arg, len(frame.body), length))
+        if frame.kind == _protocol.RESULT:
+            raise ch.ProtocolError("refused")
+
+    parent, worker = socket.socketpair()
+    channel = ch.ParentChannel(parent)
+    try:
+        channel.set_check(check)
+        ch.send_frame(worker, _protocol.READY, 0, 99, 0)
+        ch.send_frame(worker, _protocol.RESULT, 1, 5, 0, b"x" * 1000)
+        frames = channel.read_frames()
+        assert frames is not None and [(f.kind, f.pid) for f in frames] == [(_protocol.READY, 99)]
+        assert seen == [(_protocol.READY, 99, 0, 0), (_protocol.RESULT, 5, 0, 1000)]
+        assert isinstance(channel.error, ch.ProtocolError)
+        assert channel.read_frames() == []  # nothing after a refused frame
+    finally:
+        channel.close()
+        worker.close()

@@ -17,7 +17,7 @@ from manycore._jobs import Chunk, Job, SchedulerBase
 from manycore._options import CallOptions
 from manycore._process._deadlines import overdue
 from manycore._process._workers import Worker, _token_pipe
-from manycore._worker import STATUS, STATUS_SIZE
+from manycore._protocol import STATUS, STATUS_SIZE
 
 from tasks import square
 

@@ -15,8 +15,8 @@ from manycore._engine import run_chunk
 from manycore._jobs import Chunk, Job, SchedulerBase
 from manycore._options import CallOptions
 from manycore._process._payload import MappedResults, decode, encode, frame_flags
+from manycore._protocol import BLOCK_SHIFT, FN_SHIFT, PARTIAL, TRACK_ITEMS
 from manycore._serialize import loads
-from manycore._worker import BLOCK_SHIFT, FN_SHIFT, PARTIAL, TRACK_ITEMS
 
 from tasks import fail_on
 

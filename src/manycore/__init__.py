@@ -8,12 +8,14 @@ General layout (data flows one way, top to bottom):
 - backends: ``backends`` (a registry: ``process``, ``thread``, ``dask``, ``ray``, each with its capabilities);
 - scheduler: ``_process`` (manycore's worker processes: assignment, the supervisor thread, one module per
   responsibility), ``_recovery`` (what becomes of a lost chunk), ``_chunking`` (automatic chunk sizes);
-- transport and processes: ``_channel`` (framed socket messages), ``_launch`` and ``_zygote`` (starting workers),
-  ``_serialize`` (parent-side cloudpickle, with errors that name the culprit), ``_wire`` (worker-side pickling);
-- worker: ``_worker`` (the loop that runs chunks).
+- transport and processes: ``_protocol`` (the wire format both sides share), ``_channel`` (framed socket
+  messages), ``_launch`` and ``_zygote`` (starting workers), ``_serialize`` (parent-side cloudpickle, with
+  errors that name the culprit), ``_wire`` (worker-side pickling);
+- worker: the ``_worker`` package (the loop that runs chunks; it imports nothing of the parent side).
 
 ``errors`` is public (``manycore.errors``); every other module is private. Names are imported on first use
-(PEP 562), so that worker processes, which import only ``manycore._worker``, start without the API layer.
+(PEP 562), so that worker processes, which import only ``manycore._worker`` and the shared transport, start
+without the API layer.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Framed messages over a worker's socket: the only way bytes move between the parent and a worker.
 
-A frame is a fixed 33-byte header (kind, chunk id, two integers, body length) followed by the body, written with
-one ``sendmsg`` so that a large body is never concatenated. The parent side never blocks on a write: whatever the
+A frame is a fixed 33-byte header (kind, chunk id, ``arg``, ``flags``, body length; what each means per kind is
+in ``_protocol``) followed by the body, written with one ``sendmsg`` so that a large body is never concatenated. The parent side never blocks on a write: whatever the
 kernel does not take at once waits in a backlog that the supervisor flushes when the socket is writable. That is
 what rules out the classic deadlock where the parent waits to write a task while the worker waits to write a
 result. The worker side is plain blocking I/O (``recv_frame``/``send_frame``).
@@ -13,22 +13,30 @@ import _socket as socket  # the C module: no enum classes to build at start-up
 import array
 import itertools
 import os
-import struct
 from collections import deque
+
+# The kinds are re-exported: the scheduler, jobs, results and engine name frame (and job) kinds ``_channel.MAP``.
+from ._protocol import BROADCAST as BROADCAST
+from ._protocol import CALL as CALL
+from ._protocol import HEADER
+from ._protocol import INIT as INIT
+from ._protocol import INIT_FAILED as INIT_FAILED
+from ._protocol import MAP as MAP
+from ._protocol import READY as READY
+from ._protocol import RELEASE as RELEASE
+from ._protocol import RESULT as RESULT
+from ._protocol import SEGMENT_FREE as SEGMENT_FREE
+from ._protocol import SKIPPED as SKIPPED
+from ._protocol import STARMAP as STARMAP
+from ._protocol import STOP as STOP
+from ._protocol import Frame as Frame
 
 TYPE_CHECKING = False  # see manycore/__init__.py: workers avoid importing typing
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    Check = Callable[[int, int, int, int, int], None]
-
-HEADER = struct.Struct("<BQQQQ")
-
-# Frame kinds, parent -> worker.
-MAP, STARMAP, CALL, STOP, BROADCAST, RELEASE, SEGMENT_FREE = 1, 2, 3, 4, 5, 6, 7
-# Frame kinds, worker -> parent.
-READY, RESULT, INIT_FAILED = 11, 12, 13
-SKIPPED = 14  # a queued chunk the parent took back (its token was gone): not run here
+    # Called with each header (a Frame whose body is not read yet) and its body's length.
+    Check = Callable[[Frame, int], None]
 
 RECYCLE_MAX = 16 << 20  # a recycled frame body is kept up to this size
 # Descriptors that arrive with a frame are close-on-exec from the first moment: a program that a task or the
@@ -43,20 +51,6 @@ class ProtocolError(Exception):
 
 def _rights(fds: tuple[int, ...] | list[int]) -> list[tuple[int, int, bytes]]:
     return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
-
-
-class Frame:
-    """One message. (Not a NamedTuple: importing typing would cost every worker ~10 ms of start-up.)"""
-
-    __slots__ = ("a", "b", "body", "chunk_id", "fd", "kind")
-
-    def __init__(self, kind: int, chunk_id: int, a: int, b: int, body: bytearray | memoryview) -> None:
-        self.kind = kind
-        self.chunk_id = chunk_id
-        self.a = a
-        self.b = b
-        self.body = body
-        self.fd: int | None = None  # the shared-memory segment this frame's data lives in, if any
 
 
 class ParentChannel:
@@ -82,7 +76,7 @@ class ParentChannel:
         return self.sock.fileno()
 
     def send(
-        self, kind: int, chunk_id: int, a: int, b: int, *parts: bytes, fds: tuple[int, ...] = ()
+        self, kind: int, chunk_id: int, arg: int, flags: int, *parts: bytes, fds: tuple[int, ...] = ()
     ) -> bool:
         """Send a frame without blocking; True when part of it waits in the backlog for ``flush``.
 
@@ -93,7 +87,10 @@ class ParentChannel:
         for p in parts:
             length += len(p)
         views = [
-            (memoryview(HEADER.pack(kind, chunk_id, a, b, length)), tuple(map(os.dup, fds)) if fds else ())
+            (
+                memoryview(HEADER.pack(kind, chunk_id, arg, flags, length)),
+                tuple(map(os.dup, fds)) if fds else (),
+            )
         ]
         views.extend((memoryview(p), ()) for p in parts if len(p))
         with self._lock:
@@ -208,14 +205,15 @@ class FrameReader:
 
     def __init__(self, sock: socket.socket, check: Check | None = None) -> None:
         self._sock = sock
-        # Called with (kind, chunk id, a, b, length) of each header before anything is allocated for its body;
-        # raises ProtocolError to refuse the frame. The parent checks what workers send; workers trust it.
+        # Called with each header (a Frame, its body not read yet) and the body's length before anything is
+        # allocated for the body; raises ProtocolError to refuse the frame. The parent checks what workers
+        # send; workers trust it.
         self.check = check
         self.error: ProtocolError | None = None
         self._buf = bytearray(self.BUFFER)
         self._start = 0  # unparsed bytes are self._buf[self._start:self._end]
         self._end = 0
-        self._head: tuple[int, int, int, int] | None = None  # header of the large body being filled
+        self._head: Frame | None = None  # the frame whose large body is being filled
         self._body: bytearray | memoryview | None = None
         self._spare: bytearray | None = None  # a large body handed back (``recycle``), filled next time
         self._got = 0
@@ -260,8 +258,9 @@ class FrameReader:
             self._got += n
             if self._got < len(self._body):
                 return []
-            assert self._head is not None
-            frame = Frame(*self._head, self._body)
+            frame = self._head
+            assert frame is not None
+            frame.body = self._body
             self._head = self._body = None
             return [frame]
         if self._start == self._end:
@@ -281,24 +280,28 @@ class FrameReader:
         frames: list[Frame] = []
         buf = self._buf
         check = self.check
-        while self._end - self._start >= HEADER.size:
-            kind, chunk_id, a, b, length = HEADER.unpack_from(buf, self._start)
+        # Locals: this loop runs once per frame received (W5's round trips, W7's stream of chunks).
+        unpack, header_size, end = HEADER.unpack_from, HEADER.size, self._end
+        while end - self._start >= header_size:
+            kind, chunk_id, arg, flags, length = unpack(buf, self._start)
+            frame = Frame(kind, chunk_id, arg, flags, _NO_BODY)
             if check is not None:
                 try:
-                    check(kind, chunk_id, a, b, length)
+                    check(frame, length)
                 except ProtocolError as exc:
                     # Keep the good frames before it; the receiver sees ``error`` once it has handled them.
                     self.error = exc
                     self._start = self._end = 0
                     break
-            body_start = self._start + HEADER.size
-            available = self._end - body_start
+            body_start = self._start + header_size
+            available = end - body_start
             if length <= available:
-                frames.append(Frame(kind, chunk_id, a, b, buf[body_start : body_start + length]))
+                frame.body = buf[body_start : body_start + length]
+                frames.append(frame)
                 self._start = body_start + length
                 continue
             if length > self.BUFFER // 2:
-                self._head = (kind, chunk_id, a, b)
+                self._head = frame
                 spare = self._spare
                 if spare is not None and len(spare) >= length:
                     self._spare = None
@@ -310,6 +313,9 @@ class FrameReader:
                 self._start = self._end = 0
             break
         return frames
+
+
+_NO_BODY = memoryview(b"")  # a header's body until it is read
 
 
 def recv_frame(reader: FrameReader, pending: list[Frame]) -> Frame | None:
@@ -326,13 +332,13 @@ def send_frame(
     sock: socket.socket,
     kind: int,
     chunk_id: int,
-    a: int,
-    b: int,
+    arg: int,
+    flags: int,
     body: bytes = b"",
     fds: tuple[int, ...] = (),
 ) -> None:
     """Blocking send of one frame (worker side); ``fds`` leave with its first byte."""
-    head = HEADER.pack(kind, chunk_id, a, b, len(body))
+    head = HEADER.pack(kind, chunk_id, arg, flags, len(body))
     if len(body) < 65536:
         head, body = head + body, b""
     sent = sock.sendmsg([head], _rights(fds))

@@ -137,7 +137,7 @@ class Chunker:
         return self._seconds / self._items if self._items else None
 
     def block_shift(self) -> int:
-        """k such that a worker tracks its running item in blocks of 2**k items (see _worker.run_items).
+        """k such that a worker tracks its running item in blocks of 2**k items (see _worker._run.run_items).
 
         0 (each item) while the cost is unknown or at least ``BLOCK_MAX_COST``; else blocks of at most
         ``BLOCK_SECONDS`` of work. A block is what a worker's death costs under at most once (all its items

@@ -71,7 +71,7 @@ class Chunk:
         self.buffers: list[pickle.PickleBuffer] = []  # those buffers
         self.segment: _shm.Segment | None = None  # the shared memory they occupy while in flight
         self.broadcasts: set[int] = set()  # ids of the broadcast handles in the items
-        # Items the worker tracks as one (see _worker.run_items): set when the chunk is sent; 1 tracks each.
+        # Items the worker tracks as one (see _worker._run.run_items): set when the chunk is sent; 1 tracks each.
         self.block = 1
 
     def part(self, start: int, stop: int) -> Chunk:

@@ -29,8 +29,9 @@ from __future__ import annotations
 import itertools
 import mmap
 import os
-import struct
 import sys
+
+from ._protocol import OOB, SPAN  # the out-of-band block: a header, then one (offset, length) span per buffer
 
 TYPE_CHECKING = False  # workers import this module: see manycore/__init__.py
 if TYPE_CHECKING:
@@ -43,8 +44,6 @@ if TYPE_CHECKING:
 
 DEFAULT_THRESHOLD = 256 << 10  # buffers from this size travel through shared memory
 ALIGN = 64
-OOB = struct.Struct("<QQQ")  # segment size, number of buffers, segment id; then ``n`` (offset, length) pairs
-SPAN = struct.Struct("<QQ")
 MAX_POOLED_BYTES = 1 << 30
 # Free segments a pool keeps, whatever their size: each costs descriptors (see ``Segment``), and a process may
 # have as few as 256 (RLIMIT_NOFILE) for everything it does.

@@ -4,7 +4,7 @@ Forking the user's process is fast but unsafe once it runs threads (ours include
 per worker is safe but slow. The zygote gives both: it is started once per pool as a fresh interpreter, and
 forks each worker (a few milliseconds) from its own single-threaded state. It never imports user code.
 
-Protocol on its SOCK_SEQPACKET control socket (one message per packet):
+Protocol on its SOCK_SEQPACKET control socket (one message per packet; the structs are in ``_protocol``):
 
     parent -> zygote   b"W" + worker id, with two file descriptors (worker socket, status page) attached
     zygote -> parent   ("F", worker id, pid) after a fork;  ("X", pid, exit code) after reaping a worker
@@ -21,8 +21,9 @@ import array
 import gc
 import os
 import select
-import struct
 import sys
+
+from ._protocol import EXITED, FORK_REQUEST, FORKED, ZYGOTE_REPORT
 
 TYPE_CHECKING = False  # see manycore/__init__.py: workers avoid importing typing
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 else:  # the C module: signal.py imports more (enum, re) than a worker needs at start-up
     import _signal as signal
 
-MESSAGE = struct.Struct("<cqq")
+MESSAGE = ZYGOTE_REPORT  # the name _launch reads the reports with
 
 
 def main(ctrl_fd: int, sys_path: list[str], preload: list[str] | None = None) -> None:
@@ -72,7 +73,7 @@ def main(ctrl_fd: int, sys_path: list[str], preload: list[str] | None = None) ->
                     msg = b""
                 if not msg:
                     break
-                wid = struct.unpack("<q", msg[1:9])[0]
+                _, wid = FORK_REQUEST.unpack_from(msg)
                 pid = os.fork()
                 if pid == 0:
                     ctrl.close()
@@ -86,7 +87,7 @@ def main(ctrl_fd: int, sys_path: list[str], preload: list[str] | None = None) ->
                     os.close(fd)
                 children.add(pid)
                 try:
-                    ctrl.send(MESSAGE.pack(b"F", wid, pid))
+                    ctrl.send(MESSAGE.pack(FORKED, wid, pid))
                 except OSError:  # the parent has gone: the finally clause below cleans up
                     break
             _reap(ctrl, children)
@@ -128,6 +129,6 @@ def _reap(ctrl: socket.socket, children: set[int]) -> None:
             return
         children.discard(pid)
         try:
-            ctrl.send(MESSAGE.pack(b"X", pid, os.waitstatus_to_exitcode(status)))
+            ctrl.send(MESSAGE.pack(EXITED, pid, os.waitstatus_to_exitcode(status)))
         except OSError:
             return

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from manycore._worker import STATUS_SIZE, run_items
+from manycore._protocol import STATUS_SIZE
+from manycore._worker._run import run_items
 from manycore.errors import WorkerLostError
 
 from . import sched_tasks

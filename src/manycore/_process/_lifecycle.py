@@ -21,7 +21,7 @@ from .. import _channel as ch
 from .. import _initdata
 from .._jobs import State
 from .._launch import launching
-from .._worker import STATUS_SIZE
+from .._protocol import INIT, STATUS_SIZE
 from ..errors import InitializerError, PoolClosedError
 from ._poller import READ, WRITE
 from ._state import ProcessState
@@ -137,7 +137,7 @@ class WorkerLifecycle(ProcessState):
         head = _initdata.header(self.start_method, nfds, self._tracker)
         # The init data's descriptors first (the worker takes as many as the header counts), then the read end
         # of the worker's token pipe.
-        w.channel.send(ch.CALL, 0, 0, len(head), head, self._init_blob, fds=(*fds, tokens[0]))
+        w.channel.send(INIT, 0, len(head), 0, head, self._init_blob, fds=(*fds, tokens[0]))
         self._workers[wid] = w
         self._selector.register(w.channel.fileno(), READ | WRITE, w)
 

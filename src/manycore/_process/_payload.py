@@ -17,8 +17,8 @@ from .. import _channel as ch
 from .. import _shm
 from .._broadcast import collect
 from .._jobs import Chunk
+from .._protocol import BLOCK_SHIFT, FN_SHIFT, PARTIAL, TRACK_ITEMS
 from .._serialize import dumps_frames, loads, name_item, unpack_exception
-from .._worker import BLOCK_SHIFT, FN_SHIFT, PARTIAL, TRACK_ITEMS
 
 # Result segments the user may hold mapped at once, per pool. Each costs the parent a mapping (and, before
 # Python 3.13, a descriptor) and its worker a segment it may not reuse (two descriptors): results beyond this
@@ -66,7 +66,7 @@ def decode(
     if frame.fd is not None:
         fd, frame.fd = frame.fd, None
         return mapped.unpack_in_place(channel, frame.body, fd), {}
-    if frame.b & PARTIAL:
+    if frame.flags & PARTIAL:
         values, packed = loads(frame.body)
         errors = {k: unpack_exception(v) for k, v in packed.items()}
         if chunk.job.kind != ch.CALL:

@@ -14,9 +14,9 @@ from concurrent.futures.process import BrokenProcessPool
 from .. import _channel as ch
 from .. import _shm
 from .._jobs import Chunk
+from .._protocol import INITARGS_UNLOADABLE, INPUT_KEPT, NO_FUNCTION, OUT_OF_BAND, UNLOADABLE
 from .._recovery import lost_chunk
 from .._serialize import loads, unloadable_error, unpack_exception
-from .._worker import INPUT_KEPT, NO_FUNCTION, OUT_OF_BAND, UNLOADABLE
 from ..errors import InitializerError, SerializationError
 from ._payload import decode
 from ._poller import READ, WRITE
@@ -84,7 +84,7 @@ class Reading(ProcessState):
                 if frame.chunk_id in answered:
                     reason = f"a second result for chunk {frame.chunk_id}"
                 answered.add(frame.chunk_id)
-                announced += bool(frame.b & OUT_OF_BAND)
+                announced += bool(frame.flags & OUT_OF_BAND)
         # Descriptors travel with a frame's first byte, at most one frame's per read: beyond the segments the
         # results announce, only the one of a frame still arriving may be there.
         if announced > len(fds):
@@ -95,7 +95,7 @@ class Reading(ProcessState):
             return self._refuse(w, reason)
         for frame in frames:
             if frame.kind == ch.RESULT:
-                if frame.b & OUT_OF_BAND:
+                if frame.flags & OUT_OF_BAND:
                     frame.fd = fds.popleft()
                 results.append((w, frame))
             elif frame.kind == ch.SKIPPED:
@@ -109,7 +109,7 @@ class Reading(ProcessState):
             elif frame.kind == ch.INIT_FAILED:
                 what = (
                     "the pool's initializer or its initargs could not be unpickled in a worker"
-                    if frame.b
+                    if frame.flags & INITARGS_UNLOADABLE
                     else "the pool's initializer raised in a worker"
                 )
                 self._break(
@@ -144,7 +144,7 @@ class Reading(ProcessState):
                 if chunk is not None:
                     done.append((w, chunk, frame))
                     if chunk.segment is not None:
-                        self._segments.release(chunk.segment, reusable=not frame.b & INPUT_KEPT)
+                        self._segments.release(chunk.segment, reusable=not frame.flags & INPUT_KEPT)
                         chunk.segment = None
             assignments = self._assign_locked()
         self._send(assignments)
@@ -158,21 +158,21 @@ class Reading(ProcessState):
                     os.close(frame.fd)
                     w.channel.send(ch.SEGMENT_FREE, _shm.segment_id(frame.body), 0, 0)
                 continue
-            if frame.b & NO_FUNCTION:  # nothing ran: the worker lacked the function; send it again with it
+            if frame.flags & NO_FUNCTION:  # nothing ran: the worker lacked the function; send it with it
                 with self._lock:
                     w.known_fns.pop(job.fn_key, None)
                     self._retry.appendleft(chunk)
                     assignments = self._assign_locked()
                 self._send(assignments)
                 continue
-            if frame.b & UNLOADABLE:  # nothing ran: some item did not unpickle in the worker
+            if frame.flags & UNLOADABLE:  # nothing ran: some item did not unpickle in the worker
                 if len(chunk.items) > 1:
                     self._one_by_one(chunk)  # to find which
                 else:
                     what = "argument" if job.kind != ch.CALL else "call argument"
                     job.deliver(chunk, [None], {0: unloadable_error(chunk.first, what, loads(frame.body))})
                 continue
-            job.chunker.observe_time(len(chunk.items), frame.a / 1e9)
+            job.chunker.observe_time(len(chunk.items), frame.compute_ns / 1e9)
             # Results count towards the chunk size cap too: a chunk of big results needs a big fresh segment.
             nbytes = len(frame.body) + (_shm.segment_bytes(frame.body) if frame.fd is not None else 0)
             job.chunker.observe_bytes(len(chunk.items), nbytes, results=True)

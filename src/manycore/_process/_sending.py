@@ -14,8 +14,8 @@ import threading
 from .. import _channel as ch
 from .. import _shm
 from .._jobs import Chunk, Job, State
+from .._protocol import OUT_OF_BAND, TOKEN
 from .._serialize import find_unpicklable
-from .._worker import OUT_OF_BAND, TOKEN
 from ._assign import Assignment
 from ._payload import encode, frame_flags
 from ._poller import READ, WRITE

@@ -314,7 +314,7 @@ class Scheduler(Reading, Sending, WorkerLifecycle):
         """Re-run what a lost worker held; fail (or retry) the one item it was running (see ``_recovery``)."""
         failures: list[tuple[Chunk, BaseException]] = []
         with self._lock:
-            # The status page always names the running item (see _worker.run_items), so the item a worker died
+            # The status page always names the running item (see _worker._run.run_items), so the item a worker died
             # on is never run again unless retries allow it (at most once).
             if w.timed_out is not None:
                 cid, offset = w.timed_out
@@ -333,7 +333,7 @@ class Scheduler(Reading, Sending, WorkerLifecycle):
                 if chunk.cid != cid:
                     requeue.append(chunk)
                     continue
-                # With blocks (see _worker.run_items) the worker died on one of the block's items, not known
+                # With blocks (see _worker._run.run_items) the worker died on one of the block's items, not known
                 # which: each is a suspect, failed (at most once) or retried alone, where a second death names
                 # the culprit.
                 lost = lost_chunk(chunk, offset, chunk.block if w.timed_out is None else 1)

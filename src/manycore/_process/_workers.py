@@ -16,22 +16,13 @@ import time
 
 from .. import _channel as ch
 from .._jobs import Chunk
-from .._worker import (
-    FUNCTION_CACHE,
-    INPUT_KEPT,
-    NO_FUNCTION,
-    OUT_OF_BAND,
-    PARTIAL,
-    STATUS,
-    UNLOADABLE,
-    thread_ids,
-)
+from .._protocol import FUNCTION_CACHE, RESULT_FLAGS, STATUS
+from .._worker._blas import thread_ids
 
 SOCKET_BUFFER = 4 << 20
 # No frame from a worker may be larger than this machine's memory: a longer length is a forged or garbled header,
 # refused before anything is allocated for it.
 MAX_BODY = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-RESULT_FLAGS = PARTIAL | OUT_OF_BAND | INPUT_KEPT | UNLOADABLE | NO_FUNCTION
 
 
 class Worker:
@@ -97,23 +88,24 @@ class Worker:
                 if fd >= 0:
                     os.close(fd)
 
-    def check_frame(self, kind: int, chunk_id: int, a: int, b: int, length: int) -> None:
+    def check_frame(self, frame: ch.Frame, length: int) -> None:
         """Refuse a frame header this worker cannot legitimately send, before its body is allocated or read.
 
         Runs in whichever thread reads the socket (holding ``reading``). The chunk id is what matters most: the
         parent unpickles a result only for a chunk it gave this worker, at most once (see ``Scheduler._read``).
         """
+        kind, chunk_id = frame.kind, frame.chunk_id
         if kind == ch.RESULT:
             if chunk_id not in self.inflight:
                 raise ch.ProtocolError(f"a result for chunk {chunk_id}, which it was not running")
-            if b & ~RESULT_FLAGS:
-                raise ch.ProtocolError(f"a result with unknown flags {b:#x}")
+            if frame.flags & ~RESULT_FLAGS:
+                raise ch.ProtocolError(f"a result with unknown flags {frame.flags:#x}")
         elif kind == ch.READY:
             if self.ready or chunk_id or length:
                 raise ch.ProtocolError("a second or malformed READY message")
-            if self.pid is not None and a != self.pid:
+            if self.pid is not None and frame.pid != self.pid:
                 # The pid is the one the supervisor will SIGKILL: never take another process's from a worker.
-                raise ch.ProtocolError(f"READY with pid {a}, but its pid is {self.pid}")
+                raise ch.ProtocolError(f"READY with pid {frame.pid}, but its pid is {self.pid}")
         elif kind == ch.INIT_FAILED:
             if self.ready:
                 raise ch.ProtocolError("INIT_FAILED after READY")
@@ -164,7 +156,7 @@ def _hurry_exit(pid: int) -> None:
     """Give a dying worker's idle-priority threads normal priority again, so that they finish dying.
 
     A worker's exit code comes only once every one of its threads has ended, and a forked worker may hold
-    OpenBLAS threads parked at SCHED_IDLE (see ``_worker._quiet_restarted_blas_threads``). On a loaded machine
+    OpenBLAS threads parked at SCHED_IDLE (see ``_worker._blas._quiet_restarted_blas_threads``). On a loaded machine
     such a thread got so little CPU that it was still exiting 2 s after the worker's socket had closed
     (Python 3.13, numpy 2.5), and the crash was reported without its exit code. Linux allows this only with
     CAP_SYS_NICE or an RLIMIT_NICE that permits nice 0; without, ``_dying`` makes the supervisor wait longer.

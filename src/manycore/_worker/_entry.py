@@ -1,0 +1,122 @@
+"""A worker process's life around the loop: how it starts (forked or spawned), what it lets go of, how it ends.
+
+Entry points: ``run_in_child`` (a worker forked by the fork server or from the user's process) and
+``spawn_main`` (a fresh interpreter, ``start_method="spawn"``).
+"""
+
+from __future__ import annotations
+
+import _socket as socket  # the C module: no enum classes to build at start-up
+import mmap
+import os
+import sys
+
+from .._protocol import STATUS_SIZE
+from ._serve import serve
+
+TYPE_CHECKING = False  # see manycore/__init__.py: workers avoid importing typing
+if TYPE_CHECKING:
+    import signal
+    from collections.abc import Callable
+    from typing import Any
+else:  # the C module: signal.py imports more (enum, re) than a worker needs at start-up
+    import _signal as signal
+
+
+class _ParentDeathSignal:
+    """Ask Linux to SIGKILL this process when its parent dies, so a SIGKILLed parent leaves no orphans.
+
+    ``prepare()`` loads libc through ctypes (several ms) in the process that forks, once, instead of in each
+    worker after the fork.
+    """
+
+    def __init__(self) -> None:
+        self._prctl: Callable[..., int] | None = None
+
+    def prepare(self) -> None:
+        if self._prctl is None and sys.platform.startswith("linux"):
+            import ctypes
+
+            self._prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def __call__(self) -> None:
+        self.prepare()
+        if self._prctl is not None:
+            pr_set_pdeathsig = 1
+            self._prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
+set_parent_death_signal = _ParentDeathSignal()
+
+# What only this worker may hold, for _let_go_in_child: its socket to the parent and its token pipe's read end
+# (which ``serve`` adds when the init frame brings it).
+_OWN: list[Any] = []
+_OWN_HOOK: list[bool] = []  # non-empty once this process (or the worker it was forked from) registered it
+
+
+def _let_go_in_child() -> None:
+    """In a child a task (or initializer) forked without exec: close the worker's socket and token pipe.
+
+    The parent learns that a worker died from end-of-file on its socket, which comes only once every copy is
+    closed: a child still holding one (close-on-exec needs an exec) would hide a crash, or a task killed for
+    ``task_timeout``, for as long as it lived. The status page's descriptor is closed before any user code runs;
+    its mapping stays (the worker's frames in this child still write through views of it).
+    """
+    own = _OWN[:]
+    # Cleared first: the hook stays registered in this child, whose own children must not close these
+    # numbers again (this process may since have reused them, e.g. for a nested pool's worker).
+    _OWN.clear()
+    for thing in own:
+        try:
+            if isinstance(thing, int):
+                os.close(thing)
+            else:
+                thing.close()
+        except OSError:  # already closed
+            pass
+
+
+def run_in_child(sock_fd: int, status_fd: int) -> None:
+    """Entry point in a freshly forked or spawned worker: map the status page, serve, exit hard."""
+    code = 0
+    try:
+        # A spawned worker gets both through pass_fds, which makes them inheritable: a program that a task
+        # starts without closing descriptors (os.system, close_fds=False) would hold the socket, could write
+        # frames the parent unpickles, and would hide this worker's death from the parent while it lived.
+        os.set_inheritable(sock_fd, False)
+        os.set_inheritable(status_fd, False)
+        sock = socket.socket(fileno=sock_fd)
+        sock.setblocking(True)
+        _OWN[:] = [sock]
+        if not _OWN_HOOK:
+            # Registered once per process: a worker forked from a worker (a nested fork pool) inherits it.
+            _OWN_HOOK.append(True)
+            os.register_at_fork(after_in_child=_let_go_in_child)
+        page = mmap.mmap(status_fd, STATUS_SIZE)
+        os.close(status_fd)
+        serve(sock, page, _OWN)
+    except BaseException:
+        code = 1
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        # Skip interpreter teardown: atexit handlers and buffers inherited from the parent are not ours to run.
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def spawn_main(sock_fd: int, status_fd: int, sys_path: list[str], preload: list[str] | None = None) -> None:
+    """Entry point of a worker started as a fresh interpreter (start_method="spawn")."""
+    sys.path[:] = sys_path
+    set_parent_death_signal()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle, from the first moment
+    for name in preload or ():
+        try:  # noqa: SIM105 (no contextlib: workers import as little as they can)
+            __import__(name)
+        except Exception:
+            pass
+    run_in_child(sock_fd, status_fd)
