@@ -29,7 +29,7 @@ from . import _channel as ch
 from ._jobs import Chunk, Job, SchedulerBase, State
 from ._recovery import lost_chunk
 from ._serialize import unpack_exception
-from ._worker import run_items
+from ._worker._run import run_items
 from .backends._base import Backend
 from .errors import PoolClosedError, WorkerLostError
 

@@ -28,7 +28,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from . import _mpstate, _worker
+from . import _mpstate
+from ._worker import _blas, _entry
 from ._zygote import MESSAGE
 
 START_METHODS = ("forkserver", "fork", "spawn")
@@ -110,7 +111,7 @@ class Launcher:
 class ForkLauncher(Launcher):
     def __init__(self, env: dict[str, str] | None = None) -> None:
         super().__init__()
-        _worker.set_parent_death_signal.prepare()
+        _entry.set_parent_death_signal.prepare()
         self._limits = bool(env and "OMP_NUM_THREADS" in env)
         #: (initializer, initargs): forked workers inherit them instead of unpickling them (see _initdata)
         self.inherit: tuple[Any, tuple[Any, ...]] = (None, ())
@@ -119,7 +120,7 @@ class ForkLauncher(Launcher):
         self, wid: int, child: socket.socket, status_fd: int, close_in_child: Iterable[int]
     ) -> int | None:
         if self._limits:
-            _worker.loaded_blas.prepare()  # again each time: the user may have loaded a BLAS meanwhile
+            _blas.loaded_blas.prepare()  # again each time: the user may have loaded a BLAS meanwhile
         with _LAUNCH_LOCK:
             pid = os.fork()
         if pid == 0:
@@ -127,9 +128,9 @@ class ForkLauncher(Launcher):
             for fd in close_in_child:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            _worker.set_parent_death_signal()
+            _entry.set_parent_death_signal()
             _mpstate.inherited_init = self.inherit
-            _worker.run_in_child(child.detach(), status_fd)
+            _entry.run_in_child(child.detach(), status_fd)
         return pid
 
     def poll(self, pid: int) -> int | None:
@@ -157,7 +158,7 @@ class SpawnLauncher(Launcher):
         # sys.path is set before any import: ``python -c`` puts the current directory first on it, and a
         # struct.py or json.py there would otherwise run in the worker (see ``_clean_path``).
         code = (
-            f"{_clean_path(sys.path)}from manycore._worker import spawn_main; "
+            f"{_clean_path(sys.path)}from manycore._worker._entry import spawn_main; "
             f"spawn_main({child.fileno()}, {status_fd}, sys.path[:], {self._preload!r})"
         )
         with _LAUNCH_LOCK:

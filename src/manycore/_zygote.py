@@ -44,9 +44,22 @@ def main(ctrl_fd: int, sys_path: list[str], preload: list[str] | None = None) ->
     signal.set_wakeup_fd(wake_w)
     # A Python-level handler is needed for set_wakeup_fd to be poked on SIGCHLD.
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    from . import _worker  # imported once here so every forked worker has it already
+    _prepare(preload)
+    children: set[int] = set()
+    try:
+        _serve(ctrl, wake_r, wake_w, children)
+    finally:
+        _kill_all(children)
+        # Closed, not left to the collector: a fork server forked from the user's process has its warning
+        # filters, and an unclosed socket warns (an error under -W error).
+        ctrl.close()
 
-    _worker.set_parent_death_signal.prepare()  # load libc via ctypes once, not in every worker
+
+def _prepare(preload: list[str] | None) -> None:
+    """What every worker needs, loaded once here so that forked workers have it already."""
+    from ._worker import _entry
+
+    _entry.set_parent_death_signal.prepare()  # load libc via ctypes once, not in every worker
     for name in preload or ():
         # Modules the parent uses (numpy): imported once here, so workers do not each pay for it. The BLAS
         # thread limits are already in this process's environment, so numpy starts with them.
@@ -60,52 +73,54 @@ def main(ctrl_fd: int, sys_path: list[str], preload: list[str] | None = None) ->
     # to free the few cycles that imports leave.
     gc.freeze()
 
-    children: set[int] = set()
-    try:
-        while True:
-            ready, _, _ = select.select([ctrl.fileno(), wake_r], [], [])
-            if wake_r in ready:
-                os.read(wake_r, 4096)
-            if ctrl.fileno() in ready:
-                try:
-                    msg, fds = _recv_fds(ctrl)
-                except OSError:  # ECONNRESET: the parent closed its end with our reports unread
-                    msg = b""
-                if not msg:
-                    break
-                _, wid = FORK_REQUEST.unpack_from(msg)
-                pid = os.fork()
-                if pid == 0:
-                    ctrl.close()
-                    os.close(wake_r)
-                    os.close(wake_w)
-                    signal.set_wakeup_fd(-1)
-                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                    _worker.set_parent_death_signal()
-                    _worker.run_in_child(fds[0], fds[1])
-                for fd in fds:
-                    os.close(fd)
-                children.add(pid)
-                try:
-                    ctrl.send(MESSAGE.pack(FORKED, wid, pid))
-                except OSError:  # the parent has gone: the finally clause below cleans up
-                    break
-            _reap(ctrl, children)
-    finally:
-        # Plain try/except rather than contextlib: this process imports as little as it can.
-        for pid in children:
-            try:  # noqa: SIM105
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for pid in children:
-            try:  # noqa: SIM105
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-        # Closed, not left to the collector: a fork server forked from the user's process has its warning
-        # filters, and an unclosed socket warns (an error under -W error).
-        ctrl.close()
+
+def _serve(ctrl: socket.socket, wake_r: int, wake_w: int, children: set[int]) -> None:
+    """Fork a worker per request and report it; report exit codes; return when the parent's end closes."""
+    from ._worker import _entry
+
+    while True:
+        ready, _, _ = select.select([ctrl.fileno(), wake_r], [], [])
+        if wake_r in ready:
+            os.read(wake_r, 4096)
+        if ctrl.fileno() in ready:
+            try:
+                msg, fds = _recv_fds(ctrl)
+            except OSError:  # ECONNRESET: the parent closed its end with our reports unread
+                msg = b""
+            if not msg:
+                return
+            _, wid = FORK_REQUEST.unpack_from(msg)
+            pid = os.fork()
+            if pid == 0:
+                ctrl.close()
+                os.close(wake_r)
+                os.close(wake_w)
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                _entry.set_parent_death_signal()
+                _entry.run_in_child(fds[0], fds[1])
+            for fd in fds:
+                os.close(fd)
+            children.add(pid)
+            try:
+                ctrl.send(MESSAGE.pack(FORKED, wid, pid))
+            except OSError:  # the parent has gone: main() cleans up
+                return
+        _reap(ctrl, children)
+
+
+def _kill_all(children: set[int]) -> None:
+    # Plain try/except rather than contextlib: this process imports as little as it can.
+    for pid in children:
+        try:  # noqa: SIM105
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for pid in children:
+        try:  # noqa: SIM105
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
 
 
 def _recv_fds(ctrl: socket.socket) -> tuple[bytes, list[int]]:
