@@ -143,22 +143,19 @@ def test_the_fork_server_and_worker_entry_load_only_the_worker_side() -> None:
 
 
 _IN_A_POOL = """
-import sys, threading, time
+import sys
 import manycore
 if __name__ == "__main__":
-    # A thread running: the fork server is then a fresh interpreter, not forked from this program (whose
-    # workers would have this program's modules, as with fork).
-    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
     with manycore.Pool(1, start_method=sys.argv[1]) as pool:
         # eval is a builtin: it travels by reference, so the probe itself imports nothing (no cloudpickle).
         print(pool.apply(eval, ("sorted(__import__('sys').modules)",)))
 """
 
 
-# fork, and the fork server when forked from the program: a worker has the program's modules.
+# Not fork: a forked worker has the program's modules.
 @pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
 def test_a_worker_has_loaded_nothing_of_the_parent_side(start_method: str) -> None:
-    """A worker of the exec'd fork server, or a spawned one, loads only the worker side.
+    """A worker of the fork server, or a spawned one, loads only the worker side.
 
     From a fresh program: a parent that has imported numpy has its workers preload it, and numpy loads typing,
     re, enum...

@@ -3,9 +3,7 @@
 Every launcher hands a worker the child end of a socket pair and a status page (a memfd), and reports exit
 codes as ``(pid, exitcode)`` pairs, negative for a signal as in ``multiprocessing``.
 
-- ``forkserver`` (the default on Linux): a zygote (see ``_zygote``) forks each worker. It is forked from the
-  user's process when ``may_fork_server`` finds that safe (W6: no interpreter start), a fresh interpreter
-  otherwise.
+- ``forkserver`` (the default on Linux): a zygote (see ``_zygote``), a fresh interpreter, forks each worker.
 - ``fork``: ``os.fork()`` of the user's process. Fastest, shares the parent's memory copy-on-write, but unsafe
   if the parent runs other threads (Python 3.12+ warns about that), and the supervisor thread is one.
 - ``spawn``: a fresh interpreter per worker. Slowest to start; nothing is inherited.
@@ -18,13 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
-import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -178,101 +173,6 @@ class SpawnLauncher(Launcher):
         return code
 
 
-#: Fork the fork server from this process when ``may_fork_server`` allows it (tests turn it off to compare).
-FORK_SERVER_FROM_PARENT = True
-#: Above this resident size the fork server is exec'd: what it would hold of the parent's memory (pages the parent
-#: frees or rewrites stay with it) and the page tables a fork copies grow with it.
-FORK_SERVER_MAX_RSS = 128 << 20
-# Libraries that read their thread count from the environment when they load: the workers' limits
-# (OMP_NUM_THREADS...) reach them only in a fresh interpreter.
-_THREADED_LIBRARIES = ("blas", "lapack", "mkl", "libgomp", "libiomp", "libomp")
-
-
-def may_fork_server(*own: int) -> bool:
-    """Whether the fork server may be forked from this process now, rather than exec'd (see ``_fork_server``).
-
-    A fork copies everything; it gives what a fresh interpreter would only when there is nothing here that a
-    fork gets wrong: one thread (no lock held by another thread, no thread to lose), no descriptor opened by
-    this program but stdio and ``own`` (no file, socket or connection object that a worker would share with
-    the parent or find dead), no module half imported, no BLAS or OpenMP runtime loaded (it fixed its thread
-    count when it loaded), and a small heap (see ``FORK_SERVER_MAX_RSS``).
-    """
-    if not FORK_SERVER_FROM_PARENT or not sys.platform.startswith("linux"):
-        return False
-    try:
-        with open("/proc/self/stat", "rb") as file:
-            fields = file.read().rpartition(b")")[2].split()
-        threads, rss = int(fields[17]), int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-        if threads != 1 or rss > FORK_SERVER_MAX_RSS:
-            return False
-        for name in os.listdir("/proc/self/fd"):
-            fd = int(name)
-            if fd > 2 and fd not in own and _opened_here(fd):
-                return False
-        with open("/proc/self/maps") as file:
-            maps = file.read()
-    except (OSError, ValueError, IndexError):
-        return False
-    if any(library in maps for library in _THREADED_LIBRARIES):
-        return False
-    return not any(
-        getattr(getattr(m, "__spec__", None), "_initializing", False) for m in list(sys.modules.values())
-    )
-
-
-def _opened_here(fd: int) -> bool:
-    """Whether ``fd`` is open and close-on-exec: opened by this program (Python opens every descriptor so),
-    so a Python object (a file, a socket, a connection) may stand for it. One that this process inherited
-    across exec is inheritable, and no object of this program's stands for it: the fork server drops it."""
-    try:
-        return not os.get_inheritable(fd)
-    except OSError:  # closed: the listing's own descriptor
-        return False
-
-
-def _fork_server(ctrl_fd: int, env: dict[str, str]) -> int:
-    """Fork the fork server from this process (which ``may_fork_server`` found single-threaded): no exec.
-
-    Saves the interpreter's start and the fork server's imports (W6's largest cost), and workers start with
-    the modules the program has imported, as with ``fork``. What would differ from a fresh interpreter is
-    undone in the child: stdin is /dev/null, every descriptor but stdio and the control socket (the parent's
-    end included) becomes /dev/null, close-on-exec (numbers stay taken: an object of the parent's that still
-    names one can never reach another file), Python signal handlers are reset, and the worker environment is
-    set. ``os.fork()`` runs the at-fork hooks, manycore's among them (other pools' descriptors are let go).
-    """
-    flush_std_streams()  # the parent's buffered text must not be written again by the fork server's workers
-    pid = os.fork()
-    if pid:
-        return pid
-    code = 1
-    try:
-        _scrub_descriptors(keep=ctrl_fd)
-        for signum in signal.valid_signals():
-            if callable(signal.getsignal(signum)):  # exec resets caught signals; ignored ones stay ignored
-                with contextlib.suppress(OSError, ValueError):
-                    signal.signal(signum, signal.SIG_DFL)
-        os.environ.update(env)
-        from ._zygote import main
-
-        main(ctrl_fd, sys.path[:], [])
-        code = 0
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        os._exit(code)
-
-
-def _scrub_descriptors(keep: int) -> None:
-    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    for fd in {0, *map(int, os.listdir("/proc/self/fd"))}:
-        if fd not in (1, 2, keep, null):
-            with contextlib.suppress(OSError):
-                os.dup2(null, fd, inheritable=fd == 0)  # stdin as subprocess.DEVNULL gives it
-    os.close(null)
-
-
 def flush_std_streams() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # closed, replaced by None, or an object without flush
@@ -297,21 +197,17 @@ class ForkServerLauncher(Launcher):
     def __init__(self, env: dict[str, str] | None = None, preload: list[str] | None = None) -> None:
         super().__init__()
         self._proc: subprocess.Popen[bytes] | None = None
-        self._pid: int | None = None  # the fork server's pid when forked from this process (no Popen)
         # Under the lock until the fork server's end is closed here: a worker forked meanwhile by another pool
         # would keep it, and this fork server would outlive this pool (see _LAUNCH_LOCK).
         with _LAUNCH_LOCK:
             self._ctrl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
-                if not preload and may_fork_server(self._ctrl.fileno(), theirs.fileno()):
-                    # Imported here, before the fork, though the first task would import it anyway: the fork
-                    # server and its workers inherit it, and a task from __main__ (by value) needs it in the
-                    # worker too. First manycore.map of a __main__ function: 0.159 -> 0.083 s (medians of 12).
-                    import cloudpickle  # noqa: F401
-
-                    self._pid = _fork_server(theirs.fileno(), env or {})
-                else:
-                    self._proc = _exec_server(theirs.fileno(), env or {}, preload or [])
+                # Always a fresh interpreter. A fork server forked from the program when it was single-threaded
+                # (no exec: W6 2.2-3.1x multiprocessing's fork instead of 3.4-4.9x) was tried and taken out: it
+                # gave every worker the program's random-generator states (the same numbers in every worker), a
+                # lock the program held (deadlock), its redirected stdout and its stdin buffer
+                # (tests/test_fork_server.py), and which server a program got hung on its threads and heap.
+                self._proc = _exec_server(theirs.fileno(), env or {}, preload or [])
             finally:
                 theirs.close()
         self._ctrl.setblocking(False)
@@ -355,7 +251,6 @@ class ForkServerLauncher(Launcher):
         # The fork server must see EOF when the parent goes, whatever this child does.
         self._ctrl.close()
         self.control_fd = None
-        self._pid = None  # the parent's child, not this process's to reap
 
     def close(self) -> None:
         # Closing the control socket is the zygote's signal to kill any worker left and exit; once it has
@@ -368,38 +263,6 @@ class ForkServerLauncher(Launcher):
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
-        elif self._pid is not None:
-            pid, self._pid = self._pid, None
-            _wait_or_kill(pid, 5)
-
-
-def _wait_or_kill(pid: int, timeout: float) -> None:
-    """Reap a fork server forked from this process (SIGKILLed after ``timeout``): no zombie, no orphan."""
-    deadline = time.monotonic() + timeout
-    # Woken the moment it exits (a pidfd is readable then), not at the next tick of a sleep loop: the fork
-    # server's exit is on the path of every pool's close (W6).
-    with contextlib.suppress(AttributeError, OSError):
-        pidfd = os.pidfd_open(pid)
-        try:
-            select.select([pidfd], [], [], timeout)
-        finally:
-            os.close(pidfd)
-    delay = 0.0005
-    while True:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:  # reaped by someone else (a SIGCHLD handler of the program's)
-            return
-        if done:
-            return
-        if time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-            return
-        time.sleep(delay)
-        delay = min(delay * 2, 0.01)
 
 
 def make_launcher(start_method: str, env: dict[str, str] | None = None) -> Launcher:

@@ -50,8 +50,8 @@ def main(ctrl_fd: int, sys_path: list[str], preload: list[str] | None = None) ->
         _serve(ctrl, wake_r, wake_w, children)
     finally:
         _kill_all(children)
-        # Closed, not left to the collector: a fork server forked from the user's process has its warning
-        # filters, and an unclosed socket warns (an error under -W error).
+        # Closed, not left to the collector: an unclosed socket warns (an error under -W error, which a fork
+        # server started from such a program has too).
         ctrl.close()
 
 
