@@ -161,6 +161,42 @@ def test_an_abandoned_imap_lets_the_pool_be_replaced() -> None:
     assert gone(workers)
 
 
+def test_an_imap_collected_while_a_call_replaces_the_pool_does_not_deadlock() -> None:
+    """An abandoned imap in a reference cycle is finalized by the cyclic collector, which can run inside the
+    call that is making a new pool (many allocations) and holds the module's lock: its release must not wait
+    for that lock (a plain Lock hung the program for good, at the 4th call on 3.11)."""
+    proc = run_script(
+        """
+        import faulthandler, manycore
+        faulthandler.dump_traceback_later(30, exit=True)
+        class Job:
+            def __init__(self):
+                self.me = self
+                self.results = manycore.imap(abs, range(-100, 0), workers=2)
+        for i in range(12):
+            job = Job()
+            next(job.results)
+            del job
+            assert manycore.map(abs, [-1, -2], workers=1 + i % 2) == [1, 2]
+        print("done")
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["done"]
+    assert "ResourceWarning" not in proc.stderr  # the shared pools are the module's, never "forgotten"
+
+
+def test_dropping_an_imap_of_a_replaced_pool_does_not_wait_for_its_tasks() -> None:
+    """Its pool was replaced, so nothing else uses it: letting the iterator go stops that pool at once (the
+    tasks still running are abandoned with it), where waiting for them blocked the caller for their length."""
+    results = manycore.imap(sleep_return, [0.0] + [30.0] * 4, workers=2, chunksize=1)
+    assert next(results) == 0.0
+    assert manycore.map(square, [2], workers=3) == [4]  # replaces the pool `results` still uses
+    started = time.monotonic()
+    del results
+    assert time.monotonic() - started < 10
+
+
 def test_a_call_running_in_another_thread_keeps_its_pool_until_it_ends() -> None:
     # Thread A runs a slow map on workers=2 while the main thread asks for workers=3: A must finish on its pool
     # (closed once A leaves it), not fail with a closed pool.

@@ -38,6 +38,9 @@ class _Shared:
 
     def __init__(self, workers: int | None, start_method: str) -> None:
         self.pool = Pool(workers, start_method=start_method)
+        # Held here until stopped: a pool reachable only from an abandoned imap's garbage cycle would otherwise
+        # be collected with it, unstopped, and warn as a pool the program forgot.
+        _live.add(self)
         self.workers = workers
         self.start_method = start_method
         self.users = 0
@@ -57,21 +60,48 @@ class _Shared:
         )
 
     def stop(self) -> None:
-        """Let the workers finish what was submitted and exit; wait for them (no call is using the pool)."""
-        if self.usable():
-            self.pool.close()
-        else:
-            self.pool.terminate()
+        """Stop a pool no call uses any more: what still runs on it was abandoned (a map's results are all in
+        once it returns; an imap dropped or closed wants none of its own), so its workers are killed rather
+        than waited for, which could take as long as the longest task."""
+        self.pool.terminate()
         self.pool.join()
+        _live.discard(self)
 
 
 _lock = threading.Lock()
 _shared: _Shared | None = None
+_live: set[_Shared] = set()
+# Releases by finalizers (``_Using.__del__``). The cyclic collector runs a finalizer in whatever thread allocates
+# at that moment: one holding ``_lock`` (a call making a new pool), or a pool's supervisor thread, which a call
+# holding ``_lock`` may be waiting for while it stops that pool. Waiting for the lock there, for a pool to stop,
+# or for a thread to start, deadlocked; a finalizer only appends here (no lock), counts down if it gets the lock
+# without waiting, and leaves stopping a pool to whichever call comes next (or the exit hook).
+_deferred: list[_Shared] = []
+_to_stop: list[_Shared] = []
+
+
+def _release_deferred(*, blocking: bool = True) -> None:
+    if (_deferred or _to_stop) and _lock.acquire(blocking=blocking):
+        try:
+            while _deferred:
+                shared = _deferred.pop()
+                shared.users -= 1
+                if shared.retired and shared.users == 0:
+                    _to_stop.append(shared)
+        finally:
+            _lock.release()
+    while blocking:
+        try:
+            shared = _to_stop.pop()  # atomic: another thread may empty the list between a check and a pop
+        except IndexError:
+            return
+        shared.stop()
 
 
 def _acquire(workers: int | None, start_method: str | None) -> _Shared:
     """The shared pool for these options, counted as in use until ``_release``."""
     global _shared
+    _release_deferred()
     method = start_method or default_start_method()
     retired = None
     with _lock:
@@ -93,6 +123,7 @@ def _acquire(workers: int | None, start_method: str | None) -> _Shared:
 
 
 def _release(shared: _Shared) -> None:
+    _release_deferred()
     with _lock:
         shared.users -= 1
         last = shared.retired and shared.users == 0
@@ -101,21 +132,30 @@ def _release(shared: _Shared) -> None:
 
 
 def _stop_shared() -> None:
-    # Before _scheduler's exit hook, which would terminate the pool as one the program forgot, and warn.
+    # Before _scheduler's exit hook, which would terminate the pools as ones the program forgot, and warn. A call
+    # still running in a daemon thread must not hold up the exit: every pool is terminated.
     global _shared
     with _lock:
-        shared, _shared = _shared, None
-    if shared is not None and getattr(shared.pool._scheduler, "owner_pid", None) == os.getpid():
-        shared.pool.terminate()  # a call still running in a daemon thread must not hold up the exit
-        shared.pool.join()
+        _shared = None
+        pools = list(_live)
+        _live.clear()
+        _deferred.clear()
+        _to_stop.clear()
+    for shared in pools:
+        if getattr(shared.pool._scheduler, "owner_pid", None) == os.getpid():
+            shared.pool.terminate()
+            shared.pool.join()
 
 
 def _forget_in_child() -> None:
     # A child of os.fork(): the parent's pool is not this process's (using it raises), and the lock may have
     # been held by another thread at the fork. The child's first call makes its own pool.
-    global _lock, _shared
+    global _lock, _shared, _live, _deferred
     _lock = threading.Lock()
     _shared = None
+    _live = set()
+    _deferred = []
+    _to_stop.clear()
 
 
 atexit.register(_stop_shared)
@@ -235,17 +275,26 @@ class _Using(Iterator[R]):
 
     def close(self) -> None:
         """Stop: drop the results not yet read, and let the pool go (it stays up for later calls)."""
+        shared = self._let_go()
+        if shared is not None:
+            _release(shared)
+
+    def _let_go(self) -> _Shared | None:
         shared, self._shared = self._shared, None
         if shared is not None:
             close = getattr(self._results, "close", None)
             if close is not None:
                 close()
-            _release(shared)
+        return shared
 
     def __del__(self) -> None:
-        # At interpreter exit this module's globals may be gone already: then there is nothing to release.
+        # Never _release here (see _deferred): the next call does it. At interpreter exit this module's
+        # globals may be gone already: then there is nothing to release.
         with contextlib.suppress(Exception):
-            self.close()
+            shared = self._let_go()
+            if shared is not None:
+                _deferred.append(shared)
+                _release_deferred(blocking=False)
 
 
 def _owning(pool: Pool, results: Iterator[R]) -> Iterator[R]:
