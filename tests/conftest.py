@@ -32,3 +32,14 @@ def start_method(request: pytest.FixtureRequest) -> str:
 
 def cpu_count() -> int:
     return os.cpu_count() or 1
+
+
+@pytest.fixture(autouse=True)
+def no_shared_pool_between_tests() -> Iterator[None]:
+    """``manycore.map``/``imap`` keep one process-wide pool (``manycore._api``): a test that used it must not
+    leave its workers, and their shared-memory segments, to a later test's checks of processes and memory."""
+    yield
+    from manycore import _api
+
+    if _api._live:
+        _api._stop_shared()

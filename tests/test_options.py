@@ -335,7 +335,7 @@ def test_options_and_the_registry_import_no_scheduler_and_no_engine() -> None:
         "from manycore import backends\n"
         "from manycore._options import PoolOptions\n"
         "backends.resolve(PoolOptions())\n"
-        "print(sorted({'manycore._scheduler', 'manycore._process', 'manycore._engine'} & set(sys.modules)))\n"
+        "print(sorted({'manycore._process', 'manycore._engine'} & set(sys.modules)))\n"
         "for name in ('process', 'thread', 'dask', 'ray'):\n"
         "    backends.capabilities(name)\n"
         "print(sorted({'manycore._process', 'dask', 'distributed', 'ray'} & set(sys.modules)))\n"

@@ -8,7 +8,7 @@ milliseconds) on every call: 100 calls of 10 tiny items took 5.0 s with a pool p
   it (the old one is closed once no call uses it any more: a call running on it in another thread finishes);
 - a pool that cannot serve any more (Ctrl-C terminated it, its workers cannot start) is replaced by the next
   call; a worker that dies (a crash, a ``task_timeout`` kill) is replaced by the pool itself, as in any pool;
-- a child of ``os.fork()`` makes its own (the parent's belongs to the parent, see ``_scheduler._forked_away``);
+- a child of ``os.fork()`` makes its own (the parent's belongs to the parent, see ``_process._lifecycle``);
 - stopped at interpreter exit, before the scheduler's own exit hook would stop it with a ``ResourceWarning``.
 
 Engine backends (``"thread"``, Dask, Ray) still get a pool per call: it starts no process, and its engine's life
@@ -132,8 +132,8 @@ def _release(shared: _Shared) -> None:
 
 
 def _stop_shared() -> None:
-    # Before _scheduler's exit hook, which would terminate the pools as ones the program forgot, and warn. A call
-    # still running in a daemon thread must not hold up the exit: every pool is terminated.
+    # Before _process._lifecycle's exit hook, which would terminate the pools as ones the program forgot, and
+    # warn. A call still running in a daemon thread must not hold up the exit: every pool is terminated.
     global _shared
     with _lock:
         _shared = None

@@ -39,7 +39,7 @@ _MAP_OPTIONS = frozenset({"chunksize", "on_error", "retries", "task_timeout"})
 
 
 def _finish_at_exit() -> None:
-    # Runs from threading's exit hooks, before atexit's: before _scheduler's hook terminates every pool.
+    # Runs from threading's exit hooks, before atexit's: before _process._lifecycle's hook terminates every pool.
     global _exiting
     _exiting = True
     schedulers = [s for s, pid in list(_open.items()) if pid == os.getpid()]

@@ -19,7 +19,7 @@ the parent: there is nothing in ``/dev/shm`` to leak. A segment's fd travels wit
   costs ~10 us to fault in (0.5 GB/s), so filling 512 MiB of new results is ~1 s wherever it happens. A
   parent-side copy puts all of it in the parent, one core; here each worker faults in its own results, in
   parallel (W4b: 1.2 GB/s from a cold start against 0.5 with the copy, 2 workers). Only a bounded number
-  of results stay on their segments (``_scheduler.MAX_MAPPED_RESULTS``): each costs descriptors and a
+  of results stay on their segments (``_process._payload.MAX_MAPPED_RESULTS``): each costs descriptors and a
   mapping, and a process has a few hundred of one and 65,530 of the other. Later ones are copied out.
 - Broadcasts (``Pool.broadcast``): one read-only segment mapped by every worker, cached until released.
 """
@@ -97,7 +97,7 @@ class Segment:
     def close(self) -> None:
         if self.fd >= 0:
             # The number is forgotten before it is closed: a child forked meanwhile by another thread must not
-            # find it still recorded here once it may name another file (see _scheduler._forked_away).
+            # find it still recorded here once it may name another file (see _process._lifecycle._forked_away).
             fd, self.fd = self.fd, -1
             os.close(fd)
         try:  # noqa: SIM105 (no contextlib: workers import as little as they can)

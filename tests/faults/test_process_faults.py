@@ -404,7 +404,7 @@ def test_a_dying_workers_idle_threads_get_cpu_to_exit() -> None:
     # exiting 2 s after its worker's socket closed, and the crash went out without its exit code. The
     # supervisor gives such threads normal priority as it sees the worker die (and when it kills one), and
     # leaves every other thread's policy alone.
-    from manycore._scheduler import _hurry_exit
+    from manycore._process._workers import _hurry_exit
 
     with subprocess.Popen(
         [sys.executable, "-c", PARKED_THREADS], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -434,7 +434,7 @@ ctypes.CDLL(None).pthread_exit(None)  # the main thread ends; the process lives 
 def test_a_process_part_way_through_exiting_counts_as_dying() -> None:
     # After a worker's socket closes, the supervisor waits past the usual grace for the exit code of a
     # process it sees exiting (main thread a zombie, others still running), rather than report it unknown.
-    from manycore._scheduler import _dying
+    from manycore._process._workers import _dying
 
     with subprocess.Popen(
         [sys.executable, "-c", MAIN_THREAD_EXITS], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
