@@ -19,3 +19,11 @@ def wait_no_new_children(before: set[int], timeout: float = 5.0) -> set[int]:
         if not extra or time.monotonic() > deadline:
             return extra
         time.sleep(0.02)
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a process may end between the two questions)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -18,18 +18,11 @@ import textwrap
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
+from proc_helpers import running
+
 pytestmark = pytest.mark.timeout(90)
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie (a process may end between the two questions)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))

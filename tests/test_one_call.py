@@ -13,24 +13,15 @@ import threading
 import time
 from collections.abc import Iterator
 
-import psutil
 import pytest
 
 import manycore
 from manycore import _api
 
-from proc_helpers import children, wait_no_new_children
+from proc_helpers import children, running, wait_no_new_children
 from tasks import pid, sleep_return, square
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie (a process may end between the two questions)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 EARLIER: set[int] = set()  # this process's children when the test started (other tests' helpers)
