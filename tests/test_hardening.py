@@ -131,12 +131,15 @@ def test_callback_that_raises_is_reported_and_the_pool_goes_on(
     assert pool.statistics()["workers"] == 2
 
 
+# One worker: the two results arrive in order and the supervisor runs their callbacks in that order, so once
+# `done` is set the first callback's report is printed. With two workers the second could come first, and the
+# script could end (terminating the pool) while the supervisor was still printing the report (5 runs in 60).
 CHILD = r"""
 import sys, threading, manycore
 sys.path.insert(0, {tests!r})
 from tasks import square
 def bye(_): sys.exit(3)
-with manycore.Pool(2) as pool:
+with manycore.Pool(1) as pool:
     done = threading.Event()
     pool.apply_async(square, (2,), callback=bye)
     pool.apply_async(square, (3,), callback=lambda _: done.set())
