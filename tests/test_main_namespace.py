@@ -137,7 +137,9 @@ STATE_SCRIPT = textwrap.dedent(
     with manycore.Pool(2, initializer=init, initargs=("db",), start_method=method) as pool:
         out["state"] = pool.map(read_state, range(8), chunksize=1)
     with manycore.Pool(1, start_method=method) as pool:
-        out["memo"] = pool.map(memo, range(3), chunksize=1)
+        # One call at a time: the three map chunks of one worker could run out of order (the second was still
+        # being sent by this thread when the supervisor sent the third), and memo counts what ran before it.
+        out["memo"] = [pool.apply(memo, (x,)) for x in range(3)]
         out["cache_size"] = pool.apply(cache_size, (0,))
         out["memo_again"] = pool.apply(memo, (9,))
         out["helper1"] = pool.apply(use_helper, (0,))
