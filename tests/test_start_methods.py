@@ -89,7 +89,7 @@ def test_drop_in_script_with_only_the_import_changed(tmp_path: Path) -> None:
         if __name__ == '__main__':
             with Pool(processes=2) as pool:
                 print(pool.map(f, range(10)))
-                print(pool.apply_async(f, (20,)).get(timeout=5))
+                print(pool.apply_async(f, (20,)).get(timeout=30))
                 print(list(pool.imap_unordered(f, range(3))) != [])
                 it = pool.imap(f, range(5))
                 print(next(it), next(it))
