@@ -27,3 +27,14 @@ def running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def gone(pids: set[int], timeout: float = 10) -> bool:
+    """Whether every process in ``pids`` has ended (or is a zombie) within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = {p for p in pids if running(p)}
+        if not alive:
+            return True
+        time.sleep(0.02)
+    return False

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from proc_helpers import running
+from proc_helpers import gone, running
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -248,9 +248,6 @@ def test_workers_and_fork_server_die_with_a_sigkilled_parent(setup: str) -> None
         finally:
             if proc.poll() is None:
                 proc.kill()
-    deadline = time.monotonic() + 10
-    alive = pids
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in pids if running(p)]
-        time.sleep(0.02)
-    assert alive == [], "processes outlived their SIGKILLed parent"
+    assert gone(set(pids), 10), (
+        f"processes outlived their SIGKILLed parent: {[p for p in pids if running(p)]}"
+    )

@@ -18,7 +18,7 @@ import pytest
 import manycore
 from manycore import _api
 
-from proc_helpers import children, running, wait_no_new_children
+from proc_helpers import children, gone, wait_no_new_children
 from tasks import pid, sleep_return, square
 
 pytestmark = pytest.mark.timeout(90)
@@ -65,16 +65,6 @@ def run_script(code: str, timeout: float = 60) -> subprocess.CompletedProcess[st
         timeout=timeout,
         env={**env, "PYTHONPATH": path},
     )
-
-
-def gone(pids: set[int], timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        alive = {p for p in pids if running(p)}
-        if not alive:
-            return True
-        time.sleep(0.02)
-    return False
 
 
 # ---- reuse ------------------------------------------------------------------------------------------------

@@ -173,12 +173,6 @@ class SpawnLauncher(Launcher):
         return code
 
 
-def flush_std_streams() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # closed, replaced by None, or an object without flush
-            stream.flush()
-
-
 def _exec_server(ctrl_fd: int, env: dict[str, str], preload: list[str]) -> subprocess.Popen[bytes]:
     """Start the fork server as a fresh interpreter (``_zygote.main``) on the control socket ``ctrl_fd``."""
     code = (
