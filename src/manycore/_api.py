@@ -275,23 +275,24 @@ class _Using(Iterator[R]):
 
     def close(self) -> None:
         """Stop: drop the results not yet read, and let the pool go (it stays up for later calls)."""
-        shared = self._let_go()
+        shared = self._let_go(finalizing=False)
         if shared is not None:
             _release(shared)
 
-    def _let_go(self) -> _Shared | None:
+    def _let_go(self, *, finalizing: bool) -> _Shared | None:
         shared, self._shared = self._shared, None
         if shared is not None:
-            close = getattr(self._results, "close", None)
-            if close is not None:
-                close()
+            # A finalizer must not wait for the scheduler's lock either (IMapIterator.abandon).
+            stop = getattr(self._results, "abandon" if finalizing else "close", None)
+            if stop is not None:
+                stop()
         return shared
 
     def __del__(self) -> None:
         # Never _release here (see _deferred): the next call does it. At interpreter exit this module's
         # globals may be gone already: then there is nothing to release.
         with contextlib.suppress(Exception):
-            shared = self._let_go()
+            shared = self._let_go(finalizing=True)
             if shared is not None:
                 _deferred.append(shared)
                 _release_deferred(blocking=False)

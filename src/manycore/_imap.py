@@ -260,13 +260,17 @@ class IMapIterator(Job, Iterator[T]):
         self.owner = None
 
     def __del__(self) -> None:
+        self.abandon()
+
+    def abandon(self) -> None:
+        """``close()`` for finalizers (this one's, a wrapper's): it never waits for the scheduler's lock."""
         if getattr(self, "_feed", None) is not None:
             # The condition's lock is reentrant: a collection that runs this in a thread holding it is safe.
             with contextlib.suppress(Exception):
                 self._stop_feeding()
         if not self.closed:
             with contextlib.suppress(Exception):  # at interpreter shutdown there is nothing left to stop
-                self.scheduler.job_finished(self)
+                self.scheduler.job_abandoned(self)
 
     # ---- the scheduler side ------------------------------------------------------------------------------
 

@@ -194,6 +194,7 @@ class SchedulerBase:
         self._jobs: weakref.WeakSet[Job] = weakref.WeakSet()
         self._active = 0  # counted jobs submitted and not yet finished, for join()
         self._timeouts_active = 0
+        self._abandoned: list[Job] = []  # finished by finalizers that could not take the lock (job_abandoned)
 
     # Hooks for subclasses.
     def _assign_locked(self) -> list[Any]:
@@ -272,6 +273,7 @@ class SchedulerBase:
     def more_ready(self, job: Job) -> None:
         """An imap consumer pulled more chunks into ``job.queued``."""
         with self._lock:
+            self._finish_abandoned_locked()
             if not job.dispatchable:
                 job.dispatchable = True
                 self._dispatchable.append(job)
@@ -281,9 +283,26 @@ class SchedulerBase:
     def job_finished(self, job: Job) -> None:
         """A job has every result it needs (or was abandoned): stop running its chunks."""
         with self._lock:
+            self._finish_abandoned_locked()
             self.job_finished_locked(job)
         if self.state is State.CLOSED:
             self._wake()
+
+    def job_abandoned(self, job: Job) -> None:
+        """``job_finished`` for a finalizer. The cyclic collector runs finalizers in whatever thread allocates,
+        one holding this scheduler's lock among them (an imap's feeder assigning chunks), where waiting for the
+        lock never ended. Without the lock at once, the job waits in ``_abandoned`` for the next call that
+        takes it (``job_finished``, ``more_ready``, the supervisor's housekeeping); ``list.append`` takes none.
+        """
+        if self._lock.acquire(blocking=False):
+            self._lock.release()
+            self.job_finished(job)
+        else:
+            self._abandoned.append(job)
+
+    def _finish_abandoned_locked(self) -> None:
+        while self._abandoned:
+            self.job_finished_locked(self._abandoned.pop())
 
     def job_finished_locked(self, job: Job) -> None:
         if job.closed:

@@ -295,6 +295,7 @@ class Scheduler(Reading, Sending, WorkerLifecycle):
             return True
         if self.state is State.CLOSED:
             with self._lock:
+                self._finish_abandoned_locked()
                 return (
                     self._active == 0
                     and not self._retry
