@@ -82,8 +82,12 @@ def do_fault(kind: str, x: int) -> Any:
     raise AssertionError(f"unknown fault kind {kind!r}")
 
 
-def faulty(x: int, *, kind: str, bad: int) -> int:
-    """x*x, except that item `bad` triggers the fault `kind`."""
+def faulty(x: int, *, kind: str, bad: int, pause: float = 0.0) -> int:
+    """x*x, except that item `bad` triggers the fault `kind`. With ``pause`` each item first sleeps that long:
+    items that cost 10 µs or more are tracked one by one, never in blocks of cheap items (see
+    ``manycore._chunking.BLOCK_MAX_COST``), so a crash fails only the item it happened on."""
+    if pause:
+        time.sleep(pause)
     if x == bad:
         return do_fault(kind, x)  # type: ignore[no-any-return]
     return x * x
