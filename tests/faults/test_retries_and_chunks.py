@@ -112,11 +112,15 @@ def test_chunk_of_dead_worker_is_rerun(entry: str, tmp_path: Path, no_orphans: s
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", ["sigkill", "segfault", "exit"])
 def test_chunked_map_item_fails_not_chunk(kind: str, no_orphans: set[int]) -> None:
-    """Worker death at the last item of a chunk and at the first: only that item fails."""
+    """Worker death at the last item of a chunk and at the first: only that item fails. (The items pause 1 ms
+    so that each is tracked alone: see test_start_method_faults.test_chunked_crash_and_timeout.)"""
     with make_pool() as pool:
         for bad in (0, 9, 19):
             out = pool.map_async(
-                partial(tasks.faulty, kind=kind, bad=bad), range(20), chunksize=10, on_error="return"
+                partial(tasks.faulty, kind=kind, bad=bad, pause=1e-3),
+                range(20),
+                chunksize=10,
+                on_error="return",
             ).get(30)
             (err,) = check_others("map", out, bad=bad, n=20)
             check_fault_error(kind, err, "map", bad=bad)

@@ -39,7 +39,10 @@ def test_chunked_crash_and_timeout(method: str, no_orphans: set[int]) -> None:
     second chunk can leave after the first came back, so without the pause the outcome depends on timing."""
     with make_pool(method) as pool:
         out = pool.map_async(
-            partial(tasks.faulty, kind="sigkill", bad=17, pause=1e-3), range(40), chunksize=10, on_error="return"
+            partial(tasks.faulty, kind="sigkill", bad=17, pause=1e-3),
+            range(40),
+            chunksize=10,
+            on_error="return",
         ).get(30)
         (err,) = check_others("map", out, bad=17, n=40)
         check_fault_error("sigkill", err, "map", bad=17)
