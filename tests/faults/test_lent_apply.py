@@ -7,6 +7,8 @@ usable afterwards, and no process left behind.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from functools import partial
 from pathlib import Path
@@ -87,3 +89,23 @@ def test_apply_with_large_arguments_and_results_on_a_lent_worker(no_orphans: set
         pool.apply(tasks.square, (1,))
         for _ in range(5):
             assert pool.apply(bytes, (blob,)) == blob
+
+
+def test_a_single_core_caller_does_not_poll_for_its_answer() -> None:
+    """The caller of a lent apply polls its worker's socket for up to 200 µs before it sleeps (W5), unless
+    it may run on one core only: there the poll would only delay the worker it waits for."""
+    code = (
+        "import os, manycore\n"
+        "from manycore._process._sending import LENT_POLL_S\n"
+        "def polls():\n"
+        "    with manycore.Pool(2) as pool:\n"
+        "        assert pool.apply(abs, (-3,)) == 3\n"
+        "        return pool._scheduler.lent_poll_s\n"
+        "assert polls() == (LENT_POLL_S if len(os.sched_getaffinity(0)) > 1 else 0.0)\n"
+        "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+        "assert polls() == 0.0\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "ok\n"

@@ -27,6 +27,7 @@ class ProcessState(SchedulerBase):
     owner_pid: int  # a child of os.fork() holds a copy of this object: see _forked_away
     start_method: str
     zero_copy_threshold: int | None
+    lent_poll_s: float  # how long a lent apply polls for its answer before it sleeps (see _sending)
     _broadcasts: dict[int, Broadcast[Any]]
     _segments: _shm.SegmentPool  # input segments
     _results: MappedResults  # result segments

@@ -47,6 +47,7 @@ from .. import _initdata, _shm
 from .._broadcast import Broadcast
 from .._jobs import Chunk, Job, State
 from .._launch import ForkLauncher, Launcher, make_launcher
+from .._options import cpu_count
 from .._recovery import loss_error, lost_chunk, suspect_offset
 from ..errors import PoolBrokenError, PoolClosedError
 from ._assign import Assigner, Assignment
@@ -55,7 +56,7 @@ from ._lifecycle import WorkerLifecycle, _live
 from ._payload import MappedResults
 from ._poller import READ, Poller
 from ._reading import Reading
-from ._sending import Sending
+from ._sending import LENT_POLL_S, Sending
 from ._workers import Worker
 
 
@@ -79,6 +80,7 @@ class Scheduler(Reading, Sending, WorkerLifecycle):
         self.owner_pid = os.getpid()  # a child of os.fork() holds a copy of this object: see _forked_away
         self.start_method = start_method
         self.zero_copy_threshold = zero_copy_threshold
+        self.lent_poll_s = LENT_POLL_S if cpu_count() > 1 else 0.0
         self._broadcasts: dict[int, Broadcast[Any]] = {}
         self._segments = _shm.SegmentPool()
         self._results = MappedResults()
