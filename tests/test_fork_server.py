@@ -251,3 +251,125 @@ def test_workers_and_fork_server_die_with_a_sigkilled_parent(setup: str) -> None
     assert gone(set(pids), 10), (
         f"processes outlived their SIGKILLed parent: {[p for p in pids if running(p)]}"
     )
+
+
+# ---- the spare fork server: started when the program first looks up manycore.Pool (or Executor, map, imap),
+# so that it boots while the pool's code imports (W6); the first pool adopts it only if it would have started
+# the same one.
+
+SPARE = """
+import os, psutil, manycore
+from tasks import pid
+Pool = manycore.Pool  # the lookup starts the spare fork server
+(spare,) = psutil.Process().children()
+"""
+
+WORKERS_VIEW = """
+def view(_):
+    import os, resource
+    return os.environ.get("MANYCORE_TEST_MARK"), os.getcwd(), resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+with Pool(KWARGS) as pool:
+    parents = {psutil.Process(p).ppid() for p in pool.map(pid, range(8), chunksize=1)}
+    seen = set(pool.map(view, range(4), chunksize=1))
+print("adopted" if parents == {spare.pid} else "not adopted", flush=True)
+print(seen, flush=True)
+print("spare running" if spare.is_running() and spare.status() != psutil.STATUS_ZOMBIE else "spare gone")
+"""
+
+
+def spare_script(change: str, kwargs: str) -> str:
+    return SPARE + textwrap.dedent(change) + WORKERS_VIEW.replace("KWARGS", kwargs)
+
+
+def test_the_first_pool_adopts_the_spare_fork_server() -> None:
+    proc = run_script(spare_script("", "processes=2"))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "adopted"
+    assert lines[1] == repr(
+        {(None, os.getcwd(), __import__("resource").getrlimit(__import__("resource").RLIMIT_NOFILE)[0])}
+    )
+    assert proc.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("change", "kwargs", "expected"),
+    [
+        (
+            'os.environ["MANYCORE_TEST_MARK"] = "set after the lookup"\n',
+            "processes=2",
+            "'set after the lookup'",
+        ),
+        ("os.chdir(TMP)\n", "processes=2", "TMP"),
+        (
+            "import resource\nresource.setrlimit(resource.RLIMIT_NOFILE, (200, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n",
+            "processes=2",
+            "200",
+        ),
+        ("os.dup2(os.open(os.devnull, os.O_WRONLY), 2)\n", "processes=2", None),
+        ("os.nice(1)\n", "processes=2", None),
+        ("import signal\nsignal.signal(signal.SIGHUP, signal.SIG_IGN)\n", "processes=2", None),
+        ("", "processes=2, blas_threads=3", None),
+        ("", "processes=2, start_method='fork'", None),
+        ("", "processes=2, start_method='spawn'", None),
+    ],
+    ids=["environment", "cwd", "rlimit", "stderr", "nice", "sighup-ignored", "blas-threads", "fork", "spawn"],
+)
+def test_a_first_pool_unlike_the_spare_stops_it(
+    change: str, kwargs: str, expected: str | None, tmp_path: Path
+) -> None:
+    """What the program changed between the lookup and the pool reaches the workers, as without a spare: the
+    pool starts its own fork server (or none), and the spare ends."""
+    script = spare_script(change.replace("TMP", repr(str(tmp_path))), kwargs)
+    proc = run_script(script)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "not adopted", proc.stdout
+    if expected is not None:
+        assert expected.replace("TMP", repr(str(tmp_path))) in lines[1], lines[1]
+    assert lines[2] == "spare gone"
+    assert proc.stderr == ""
+
+
+def test_an_unused_spare_ends_with_the_program() -> None:
+    """A program that looks up manycore.Pool and makes none: the spare is stopped at exit, with no warning
+    (the script runs under -W error); killed with its parent, it ends as well."""
+    proc = run_script(SPARE + "print(spare.pid)\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert gone({int(proc.stdout)}, timeout=10)
+    child = subprocess.Popen(
+        [sys.executable, "-c", SPARE + "print(spare.pid, flush=True)\nimport time\ntime.sleep(60)\n"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")])},
+    )
+    with child:
+        assert child.stdout is not None
+        spare = int(child.stdout.readline())
+        child.kill()
+    assert gone({spare}, timeout=10), "the spare fork server outlived its SIGKILLed parent"
+
+
+def test_a_forked_child_does_not_keep_the_spare_alive() -> None:
+    """The program forks after the lookup: the spare must still end with the program, not with the child."""
+    proc = run_script(
+        SPARE
+        + """
+child = os.fork()
+if child == 0:
+    os.close(1); os.close(2)
+    import time
+    time.sleep(20)
+    os._exit(0)
+print(spare.pid, child, flush=True)
+"""
+    )
+    assert proc.returncode == 0, proc.stderr
+    spare, child = map(int, proc.stdout.split())
+    try:
+        assert gone({spare}, timeout=10), "a forked child kept the spare fork server alive"
+        assert running(child)
+    finally:
+        os.kill(child, signal.SIGKILL)
