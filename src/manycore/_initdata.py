@@ -101,8 +101,12 @@ def pack(
     if start_method == "fork" or (initializer is None and not initargs):
         # The forked worker inherits initargs. The initializer travels as tasks do when it can, so that one
         # defined in __main__ sets the globals the tasks see (_wire.MAIN_GLOBALS), and is inherited when it
-        # cannot (e.g. a partial holding a fork-context Lock). Pickling also imports cloudpickle here: a fork
-        # while another thread imports it would leave the worker a module lock no thread will release.
+        # cannot (e.g. a partial holding a fork-context Lock). cloudpickle is imported here, before any fork:
+        # a fork while another thread imports it would leave the worker a module lock no thread will release.
+        if start_method == "fork":
+            from ._serialize import _pickler
+
+            _pickler()
         try:
             return dumps_function((initializer, (), *rest)), []
         except SerializationError:

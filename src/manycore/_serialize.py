@@ -5,9 +5,13 @@ Everything goes through cloudpickle: it pickles importable functions and classes
 value. Workers never import the user's ``__main__`` module, so by-value pickling is what makes such code work
 with every start method, and cloudpickle's class tracking keeps a ``__main__`` class identical after a round trip.
 
-cloudpickle is imported on first use, not with this module: importing it (with ``inspect``, ``dataclasses`` and
-``logging``) is the largest single cost of a first ``Pool()``, and deferring it to the first task lets it run
-while the new pool's fork server is starting (W6).
+cloudpickle is imported on first need, not with this module: importing it (with ``inspect``, ``dataclasses`` and
+``typing``, ~15 ms) was the largest single cost on the path of a first ``Pool()`` and its first task (W6). Until
+something needs it, payloads of built-in data (None, bool, int, float, str, bytes, bytearray, tuple, list, dict,
+set, frozenset) and functions or classes that pickle by name go through the standard pickler
+(``_Plain``), which writes for them the same pickle cloudpickle would; anything else (an instance of any other
+class, a ``__main__`` or local function, an out-of-band buffer) makes that attempt give up, and cloudpickle
+pickles it. Once cloudpickle is imported, by us or by the program, it pickles everything as before.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import pickle
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, ClassVar
@@ -85,9 +90,62 @@ def _pickler() -> Any:
     return _PICKLER
 
 
+class _NotPlain(Exception):
+    """The standard pickler might not pickle this as cloudpickle would: cloudpickle must."""
+
+
+def _refuse(_: object) -> bool:
+    raise _NotPlain
+
+
+def _by_name(obj: object) -> bool:
+    """Whether cloudpickle would pickle this function or class by reference: importable by its name."""
+    module_name = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not module_name or module_name == "__main__" or not qualname or "<" in qualname:
+        return False
+    found: object = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found is obj
+
+
+_GLOBALS = (
+    type(_by_name),
+    type(len),
+    type,
+)  # Python functions, built-in functions, classes (not metaclasses')
+
+
+class _Plain(pickle.Pickler):
+    # The C pickler saves None, bool, int, float, bytes, str, dict, set, frozenset, list, tuple, bytearray and
+    # PickleBuffer itself, as cloudpickle's does, and asks reducer_override about every other object.
+    def reducer_override(self, obj: object) -> Any:
+        if type(obj) in _GLOBALS and _by_name(obj):
+            return NotImplemented  # saved as module and name, as cloudpickle saves it
+        raise _NotPlain
+
+
+def _plain(file: Any, obj: object, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None) -> bool:
+    """Pickle ``obj`` into ``file`` with ``_Plain`` while cloudpickle is not loaded; False: cloudpickle must."""
+    if (
+        _PICKLER is not None or "cloudpickle" in sys.modules
+    ):  # the program may have registered by-value modules
+        return False
+    try:
+        _Plain(file, protocol=PROTOCOL, buffer_callback=None if buffer_callback is None else _refuse).dump(
+            obj
+        )
+    except Exception:  # _NotPlain, or what cloudpickle may pickle after all (e.g. types.FunctionType)
+        return False
+    return True
+
+
 def dumps(obj: object, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None = None) -> bytes:
     file = io.BytesIO()
-    _pickler()(file, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+    if not _plain(file, obj, buffer_callback):
+        file = io.BytesIO()
+        _pickler()(file, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
     return file.getvalue()
 
 
@@ -114,7 +172,9 @@ def dumps_frames(
 ) -> list[bytes]:
     """Like ``dumps``, but returns the pickle in parts whose concatenation is the pickle."""
     frames = _Frames()
-    _pickler()(frames, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+    if not _plain(frames, obj, buffer_callback):
+        frames = _Frames()
+        _pickler()(frames, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
     return frames
 
 
