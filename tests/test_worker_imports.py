@@ -50,11 +50,6 @@ def _imports(path: Path, src: Path = SRC) -> set[str]:
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if name == "manycore" and isinstance(node, ast.FunctionDef):
-            # The package's functions (``__getattr__`` and what it calls) run when a program looks up the public
-            # API, which worker code never does: they import the parent side on purpose (importlib finds the
-            # rest). Only the package's module-level imports reach a worker.
-            return
         if isinstance(node, ast.If) and _is_type_checking(node.test):
             for child in node.orelse:  # only the else branch runs
                 visit(child)
