@@ -21,7 +21,6 @@ without the API layer.
 from __future__ import annotations
 
 import importlib
-import sys as _sys
 
 from ._version import __version__ as __version__
 
@@ -82,25 +81,12 @@ def __getattr__(name: str) -> Any:
     where = _WHERE.get(name)
     if where is None:
         raise AttributeError(f"module 'manycore' has no attribute {name!r}")
-    if name in ("Executor", "Pool", "imap", "map") and __name__ + where not in _sys.modules:
-        _prestart()
     module = importlib.import_module(where, __name__)
     value = module if name in ("backends", "errors") else getattr(module, name)
     if name in ("AsyncResult", "Executor", "IMapIterator", "Pool", "imap", "map"):
         value.__module__ = "manycore"
     globals()[name] = value
     return value
-
-
-def _prestart() -> None:
-    """A fork server for the program's first pool, booting while the pool's code imports (``_launch.prestart``).
-
-    For the default pool of the default start method: a first pool with other options stops it.
-    """
-    from . import _launch, _options
-
-    if _launch.default_start_method() == "forkserver":
-        _launch.prestart(_options.worker_env(None, _options.cpu_count()))
 
 
 def __dir__() -> list[str]:

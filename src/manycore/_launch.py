@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import _mpstate
+from ._worker import _blas, _entry
 from ._zygote import MESSAGE
 
 START_METHODS = ("forkserver", "fork", "spawn")
@@ -66,14 +67,8 @@ def launching() -> Any:
 def _new_launch_lock() -> None:
     # A child of any fork (a forked worker, or the program's own os.fork()) may have copied the lock held: a
     # pool it creates needs a free one.
-    global _LAUNCH_LOCK, _spare
+    global _LAUNCH_LOCK
     _LAUNCH_LOCK = threading.RLock()
-    if _spare is not None:
-        # The spare fork server must see EOF when the parent goes, whatever this child does. Its Popen stays
-        # referenced, never waited for: it is not this process's child.
-        _spare.ctrl.close()
-        _not_ours.append(_spare.proc)
-        _spare = None
 
 
 os.register_at_fork(after_in_child=_new_launch_lock)
@@ -111,10 +106,6 @@ class Launcher:
 class ForkLauncher(Launcher):
     def __init__(self, env: dict[str, str] | None = None) -> None:
         super().__init__()
-        # Imported here, not with this module: only forking from the user's process needs the worker's code
-        # (off the path of a first forkserver Pool(), W6).
-        from ._worker import _entry
-
         _entry.set_parent_death_signal.prepare()
         self._limits = bool(env and "OMP_NUM_THREADS" in env)
         #: (initializer, initargs): forked workers inherit them instead of unpickling them (see _initdata)
@@ -123,8 +114,6 @@ class ForkLauncher(Launcher):
     def start(
         self, wid: int, child: socket.socket, status_fd: int, close_in_child: Iterable[int]
     ) -> int | None:
-        from ._worker import _blas, _entry
-
         if self._limits:
             _blas.loaded_blas.prepare()  # again each time: the user may have loaded a BLAS meanwhile
         with _LAUNCH_LOCK:
@@ -184,131 +173,6 @@ class SpawnLauncher(Launcher):
         return code
 
 
-def _start_server(env: dict[str, str], preload: list[str]) -> tuple[socket.socket, subprocess.Popen[bytes]]:
-    """A new fork server and our end of its control socket (the caller holds ``_LAUNCH_LOCK``).
-
-    Always a fresh interpreter. A fork server forked from the program when it was single-threaded (no exec: W6
-    2.2-3.1x multiprocessing's fork instead of 3.4-4.9x) was tried and taken out: it gave every worker the
-    program's random-generator states (the same numbers in every worker), a lock the program held (deadlock),
-    its redirected stdout and its stdin buffer (tests/test_fork_server.py), and which server a program got hung
-    on its threads and heap.
-    """
-    ctrl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        return ctrl, _exec_server(theirs.fileno(), env, preload)
-    except BaseException:
-        ctrl.close()
-        raise
-    finally:
-        theirs.close()
-
-
-# ---- a fork server started ahead of the first pool ------------------------------------------------------
-#
-# A program's first Pool() imports the pool's code (~25 ms, most of it concurrent.futures.process, which the
-# errors subclass) and only then started its fork server, which boots in ~20 ms more: W6 paid for the two one
-# after the other. ``prestart`` starts a fork server when the pool's code is first looked up (``manycore.Pool``,
-# ``Executor``, ``map``, ``imap``), before those imports, so that it boots on another core meanwhile. The first
-# launcher made takes it (``_take_spare``): a fork server launcher adopts it if it was born into the world it
-# would start one in (interpreter, sys.path, environment with the pool's BLAS limits, working directory,
-# resource limits, preloaded modules); otherwise, or for another start method, it is stopped. At most one, once
-# per process; an unused one is stopped at exit.
-
-
-class _Spare:
-    __slots__ = ("birth", "ctrl", "proc")
-
-    def __init__(self, birth: tuple[object, ...], ctrl: socket.socket, proc: subprocess.Popen[bytes]) -> None:
-        self.birth = birth
-        self.ctrl = ctrl
-        self.proc = proc
-
-
-_spare: _Spare | None = None
-_prestarted = False
-_stopped: list[subprocess.Popen[bytes]] = []  # spares stopped unused: reaped at exit
-_not_ours: list[subprocess.Popen[bytes]] = []  # a forked child's copies of its parent's spare
-
-
-def _birth(env: dict[str, str], preload: list[str]) -> tuple[object, ...]:
-    """What a fork server inherits from this process at its start and passes on to every worker: a program
-    may change any of it between the lookup of ``manycore.Pool`` and its first pool."""
-    import resource
-    import signal
-
-    limits = [
-        resource.getrlimit(getattr(resource, name)) for name in dir(resource) if name.startswith("RLIMIT_")
-    ]
-    ignored = [n for n in signal.valid_signals() if signal.getsignal(n) is signal.SIG_IGN]  # kept across exec
-    streams: list[tuple[int, int] | None] = []
-    for fd in (1, 2):
-        try:
-            st = os.fstat(fd)
-            streams.append((st.st_dev, st.st_ino))
-        except OSError:
-            streams.append(None)
-    try:
-        with open("/proc/self/status", "rb") as f:
-            umask = next((line for line in f if line.startswith(b"Umask:")), None)
-    except OSError:
-        umask = None
-    return (
-        sys.executable,
-        list(sys.path),
-        sorted({**os.environ, **env}.items()),
-        os.getcwd(),
-        preload,
-        limits,
-        ignored,
-        streams,
-        umask,
-        os.sched_getaffinity(0),
-        os.getpriority(os.PRIO_PROCESS, 0),
-    )
-
-
-def prestart(env: dict[str, str]) -> None:
-    """Start the spare fork server for a first pool whose workers will get ``env`` (see above)."""
-    global _spare, _prestarted
-    with _LAUNCH_LOCK:
-        if _prestarted:
-            return
-        _prestarted = True
-        preload = _preload()
-        try:
-            ctrl, proc = _start_server(env, preload)
-        except OSError:
-            return  # the first pool starts its own, and reports what fails
-        _spare = _Spare(_birth(env, preload), ctrl, proc)
-    import atexit
-
-    atexit.register(_stop_spares)
-
-
-def _take_spare(env: dict[str, str] | None, preload: list[str]) -> _Spare | None:
-    """The spare fork server if it fits a launcher for ``env`` (None: not a fork server); else stop it."""
-    global _spare
-    spare, _spare = _spare, None
-    if spare is None:
-        return None
-    if env is not None and spare.proc.poll() is None and spare.birth == _birth(env, preload):
-        return spare
-    spare.ctrl.close()  # EOF: the fork server exits
-    _stopped.append(spare.proc)
-    return None
-
-
-def _stop_spares() -> None:
-    with _LAUNCH_LOCK:
-        _take_spare(None, [])
-    for proc in _stopped:
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _exec_server(ctrl_fd: int, env: dict[str, str], preload: list[str]) -> subprocess.Popen[bytes]:
     """Start the fork server as a fresh interpreter (``_zygote.main``) on the control socket ``ctrl_fd``."""
     code = (
@@ -330,11 +194,16 @@ class ForkServerLauncher(Launcher):
         # Under the lock until the fork server's end is closed here: a worker forked meanwhile by another pool
         # would keep it, and this fork server would outlive this pool (see _LAUNCH_LOCK).
         with _LAUNCH_LOCK:
-            spare = _take_spare(env or {}, preload or [])
-            if spare is not None:
-                self._ctrl, self._proc = spare.ctrl, spare.proc
-            else:
-                self._ctrl, self._proc = _start_server(env or {}, preload or [])
+            self._ctrl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                # Always a fresh interpreter. A fork server forked from the program when it was single-threaded
+                # (no exec: W6 2.2-3.1x multiprocessing's fork instead of 3.4-4.9x) was tried and taken out: it
+                # gave every worker the program's random-generator states (the same numbers in every worker), a
+                # lock the program held (deadlock), its redirected stdout and its stdin buffer
+                # (tests/test_fork_server.py), and which server a program got hung on its threads and heap.
+                self._proc = _exec_server(theirs.fileno(), env or {}, preload or [])
+            finally:
+                theirs.close()
         self._ctrl.setblocking(False)
         self.control_fd = self._ctrl.fileno()
 
@@ -390,19 +259,13 @@ class ForkServerLauncher(Launcher):
                 self._proc.wait()
 
 
-def _preload() -> list[str]:
+def make_launcher(start_method: str, env: dict[str, str] | None = None) -> Launcher:
     # Preload numpy in new interpreters when the parent uses it: data-heavy tasks need it in every worker,
     # and importing it at start-up, while the parent is busy elsewhere, keeps it off the first task's time
     # (W8 with spawn: 0.31 s without, most of it two numpy imports on the clock).
-    return ["numpy"] if "numpy" in sys.modules else []
-
-
-def make_launcher(start_method: str, env: dict[str, str] | None = None) -> Launcher:
-    preload = _preload()
+    preload = ["numpy"] if "numpy" in sys.modules else []
     if start_method == "forkserver":
         return ForkServerLauncher(env, preload)
-    with _LAUNCH_LOCK:
-        _take_spare(None, preload)  # a first pool with another start method: the spare is not needed
     if start_method == "fork":
         return ForkLauncher(env)
     if start_method == "spawn":

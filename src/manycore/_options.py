@@ -186,11 +186,6 @@ def blas_env(value: object, workers: int) -> dict[str, str]:
     return dict.fromkeys(BLAS_VARIABLES, str(threads))
 
 
-def worker_env(blas_threads: object, workers: int) -> dict[str, str]:
-    """What a pool of ``workers`` processes adds to its workers' environment: BLAS limits and the CPU share."""
-    return {**blas_env(blas_threads, workers), CPU_SHARE_VARIABLE: str(max(1, cpu_count() // workers))}
-
-
 def function(value: object, name: str = "func") -> Callable[..., Any]:
     if not callable(value):
         raise TypeError(f"{name} must be callable, not {type(value).__name__} {value!r}")

@@ -7,7 +7,7 @@ when this module is: ``backends.capabilities("process")`` and the option checks 
 from __future__ import annotations
 
 from .._launch import default_start_method
-from .._options import PoolOptions, cpu_count, worker_env
+from .._options import CPU_SHARE_VARIABLE, PoolOptions, blas_env, cpu_count
 from ._base import Backend, Capabilities
 
 TYPE_CHECKING = False
@@ -43,7 +43,10 @@ class Process(Backend):
             max_memory_per_worker=options.max_memory_per_worker,
             start_method=options.start_method or default_start_method(),
             zero_copy_threshold=options.zero_copy_threshold,
-            worker_env=worker_env(options.blas_threads, n),
+            worker_env={
+                **blas_env(options.blas_threads, n),
+                CPU_SHARE_VARIABLE: str(max(1, cpu_count() // n)),
+            },
             # A method the user chose is kept; the default may give way to fork for initargs only a forked
             # worker can inherit (see _initdata).
             start_method_chosen=options.start_method is not None,
