@@ -251,3 +251,21 @@ def test_workers_and_fork_server_die_with_a_sigkilled_parent(setup: str) -> None
     assert gone(set(pids), 10), (
         f"processes outlived their SIGKILLed parent: {[p for p in pids if running(p)]}"
     )
+
+
+def test_looking_up_the_pool_starts_nothing() -> None:
+    """A fork server started ahead of the first pool (at the lookup of manycore.Pool, while the pool's code
+    imports: faster cold start) was built and taken out: it kept the process state of the lookup (a root
+    program that dropped privileges then got workers running as root; the signal mask, process group and
+    session reached the workers) and held the program's stdout. The pool that uses a fork server starts it."""
+    code = (
+        "import os, psutil, manycore\n"
+        "before = len(os.listdir('/proc/self/fd'))\n"
+        "_ = (manycore.Pool, manycore.Executor, manycore.map, manycore.imap)\n"
+        "print(psutil.Process().children(), len(os.listdir('/proc/self/fd')) - before, flush=True)\n"
+        "with manycore.Pool(2) as pool:\n"
+        "    assert pool.map(abs, [-1]) == [1]\n"
+    )
+    proc = run_script(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "[] 0\n"

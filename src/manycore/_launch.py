@@ -24,7 +24,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import _mpstate
-from ._worker import _blas, _entry
 from ._zygote import MESSAGE
 
 START_METHODS = ("forkserver", "fork", "spawn")
@@ -106,6 +105,10 @@ class Launcher:
 class ForkLauncher(Launcher):
     def __init__(self, env: dict[str, str] | None = None) -> None:
         super().__init__()
+        # Imported here, not with this module: only forking from the user's process needs the worker's code
+        # (3-4 ms off the path of a first forkserver Pool(), W6).
+        from ._worker import _entry
+
         _entry.set_parent_death_signal.prepare()
         self._limits = bool(env and "OMP_NUM_THREADS" in env)
         #: (initializer, initargs): forked workers inherit them instead of unpickling them (see _initdata)
@@ -114,6 +117,8 @@ class ForkLauncher(Launcher):
     def start(
         self, wid: int, child: socket.socket, status_fd: int, close_in_child: Iterable[int]
     ) -> int | None:
+        from ._worker import _blas, _entry
+
         if self._limits:
             _blas.loaded_blas.prepare()  # again each time: the user may have loaded a BLAS meanwhile
         with _LAUNCH_LOCK:
