@@ -73,6 +73,8 @@ objs = {
     "builtin": (abs, (1,), {}),
     "class": (int, sorted),
     "nested class": (__import__("collections").OrderedDict,),
+    "range": (0, range(10, 20)),  # a map over a range sends slices of it
+    "slice, complex": [slice(1, 9, 2), 1 + 2j],
 }
 frames = {name: b"".join(S.dumps_frames(obj)) for name, obj in objs.items()}
 print("cloudpickle loaded after plain payloads:", "cloudpickle" in sys.modules)
@@ -94,7 +96,24 @@ def test_plain_payloads_pickle_as_cloudpickle_would_without_importing_it() -> No
         "builtin True",
         "class True",
         "nested class True",
+        "range True",
+        "slice, complex True",
     ]
+
+
+def test_the_classes_cloudpickle_rebuilds_from_the_types_module_go_to_cloudpickle() -> None:
+    """cloudpickle pickles the classes of the ``types`` module its own way (``_builtin_type``), not by name."""
+    script = (
+        "import types\n"
+        "from manycore._serialize import dumps\n"
+        "objs = [types.SimpleNamespace, types.GenericAlias, types.UnionType, types.DynamicClassAttribute]\n"
+        "ours = [dumps(o) for o in objs]\n"
+        "import cloudpickle\n"
+        "print([a == cloudpickle.dumps(o, protocol=5) for a, o in zip(ours, objs)])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "[True, True, True, True]\n"
 
 
 BY_VALUE_SCRIPT = r"""

@@ -20,6 +20,7 @@ import contextlib
 import io
 import pickle
 import sys
+import types
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, ClassVar
@@ -110,32 +111,34 @@ def _by_name(obj: object) -> bool:
     return found is obj
 
 
-_GLOBALS = (
-    type(_by_name),
-    type(len),
-    type,
-)  # Python functions, built-in functions, classes (not metaclasses')
+# Python functions, built-in functions, classes (not metaclasses'): saved by name when importable by it.
+_GLOBALS = (type(_by_name), type(len), type)
+# Built-in values whose reduction names only their class: a map over a range sends slices of it, and an
+# attempt that gave up there put cloudpickle's import on the first map's clock (W1: 13% slower).
+_VALUES = (range, slice, complex)
+# cloudpickle rebuilds the classes of the ``types`` module with its own ``_builtin_type``, not by name.
+_TYPES_CLASSES = frozenset(c for c in vars(types).values() if type(c) is type)
 
 
 class _Plain(pickle.Pickler):
     # The C pickler saves None, bool, int, float, bytes, str, dict, set, frozenset, list, tuple, bytearray and
     # PickleBuffer itself, as cloudpickle's does, and asks reducer_override about every other object.
     def reducer_override(self, obj: object) -> Any:
-        if type(obj) in _GLOBALS and _by_name(obj):
-            return NotImplemented  # saved as module and name, as cloudpickle saves it
+        kind = type(obj)
+        if kind in _VALUES or (kind in _GLOBALS and obj not in _TYPES_CLASSES and _by_name(obj)):
+            return NotImplemented  # saved as cloudpickle saves it: by its reduction, or by module and name
         raise _NotPlain
 
 
 def _plain(file: Any, obj: object, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None) -> bool:
     """Pickle ``obj`` into ``file`` with ``_Plain`` while cloudpickle is not loaded; False: cloudpickle must."""
-    if (
-        _PICKLER is not None or "cloudpickle" in sys.modules
-    ):  # the program may have registered by-value modules
+    # Once cloudpickle is loaded, by us or by the program (which may have registered by-value modules), it
+    # pickles everything.
+    if _PICKLER is not None or "cloudpickle" in sys.modules:
         return False
+    refuse = None if buffer_callback is None else _refuse  # out-of-band buffers: the caller's collector's
     try:
-        _Plain(file, protocol=PROTOCOL, buffer_callback=None if buffer_callback is None else _refuse).dump(
-            obj
-        )
+        _Plain(file, protocol=PROTOCOL, buffer_callback=refuse).dump(obj)
     except Exception:  # _NotPlain, or what cloudpickle may pickle after all (e.g. types.FunctionType)
         return False
     return True
