@@ -227,3 +227,31 @@ def test_nested_pool_defaults_to_worker_share(start_method: str) -> None:
     with manycore.Pool(2, start_method=start_method) as pool:
         sizes = pool.map(fd_tasks.nested_pool_size, range(2), chunksize=1)
     assert sizes == [max(1, cores // 2)] * 2
+
+
+MANY_FDS = """
+import os, resource, sys
+import manycore
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if hard != resource.RLIM_INFINITY and hard < 2048:
+    print("SKIP hard limit", hard)
+    sys.exit(0)
+resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
+held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # every later descriptor is above 1023
+with manycore.Pool(2, start_method=sys.argv[1]) as pool:
+    print(pool.apply(abs, (-3,)), pool.map(abs, [-1, -2]), pool.apply_async(abs, (-4,)).get(30))
+print("closed")
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_program_holding_over_1024_descriptors(start_method: str) -> None:
+    """select() refuses descriptors above 1023 (FD_SETSIZE): the fork server, a blocking apply's wait and the
+    shutdown's wait for EOF must not use it (found by an audit: the pool reported its fork server dead)."""
+    done = subprocess.run(
+        [sys.executable, "-c", MANY_FDS, start_method], capture_output=True, text=True, timeout=80
+    )
+    assert done.returncode == 0, done.stderr
+    if done.stdout.startswith("SKIP"):
+        pytest.skip(f"RLIMIT_NOFILE's hard limit is too low here: {done.stdout}")
+    assert done.stdout.splitlines() == ["3 [1, 2] 4", "closed"]

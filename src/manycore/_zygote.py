@@ -78,8 +78,13 @@ def _serve(ctrl: socket.socket, wake_r: int, wake_w: int, children: set[int]) ->
     """Fork a worker per request and report it; report exit codes; return when the parent's end closes."""
     from ._worker import _entry
 
+    # poll, not select: select refuses descriptors above 1023, and the control socket keeps the number it had
+    # in the parent, which may hold thousands of files.
+    poller = select.poll()
+    poller.register(ctrl.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
     while True:
-        ready, _, _ = select.select([ctrl.fileno(), wake_r], [], [])
+        ready = [fd for fd, _ in poller.poll()]
         if wake_r in ready:
             os.read(wake_r, 4096)
         if ctrl.fileno() in ready:

@@ -180,17 +180,22 @@ class Sending(ProcessState):
         try:
             self._submitted(job)
             self._send([assignment])
-            fd = w.channel.fileno()
+            # poll, not select: select refuses descriptors above 1023, which a program holding many files has.
+            poller = select.poll()
+            poller.register(w.channel.fileno(), select.POLLIN)
             poll_until = time.perf_counter() + self.lent_poll_s
-            while not w.channel.pending and not select.select([fd], [], [], 0)[0]:
+            while not w.channel.pending and not poller.poll(0):
                 if time.perf_counter() > poll_until:
                     break
             while not results and not job.closed and not self._terminated():
+                pending = w.channel.pending
+                poller.modify(w.channel.fileno(), select.POLLIN | (select.POLLOUT if pending else 0))
                 # A timeout, so that a pool terminated from another thread is noticed.
-                readable, writable, _ = select.select([fd], [fd] if w.channel.pending else [], [], 0.05)
-                if writable:
+                events = poller.poll(50)
+                mask = events[0][1] if events else 0
+                if mask & select.POLLOUT:
                     w.channel.flush()
-                if readable and not self._read(w, results):
+                if mask & ~select.POLLOUT and not self._read(w, results):
                     alive = False
                     break
         finally:

@@ -192,6 +192,7 @@ def _wait_for_eof(channel: ch.ParentChannel, deadline: float) -> None:
         left = deadline - time.monotonic()
         if left <= 0:
             return
-        readable, _, _ = select.select([channel.sock], [], [], left)
-        if readable and channel.read_frames() is None:
+        poller = select.poll()  # not select(): it refuses descriptors above 1023
+        poller.register(channel.sock, select.POLLIN)
+        if poller.poll(max(1, int(left * 1000))) and channel.read_frames() is None:
             return
