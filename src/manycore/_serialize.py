@@ -1,17 +1,17 @@
 """Turning functions, arguments, results and exceptions into bytes and back, with errors that name the culprit.
 
-Everything goes through cloudpickle: it pickles importable functions and classes by reference (as fast as
-``pickle`` for plain data) and pickles lambdas, closures and anything defined in ``__main__`` or a notebook by
-value. Workers never import the user's ``__main__`` module, so by-value pickling is what makes such code work
+cloudpickle does the pickling: it pickles importable functions and classes by reference (as fast as ``pickle``
+for plain data) and pickles lambdas, closures and anything defined in ``__main__`` or a notebook by value. Workers never import the user's ``__main__`` module, so by-value pickling is what makes such code work
 with every start method, and cloudpickle's class tracking keeps a ``__main__`` class identical after a round trip.
 
 cloudpickle is imported on first need, not with this module: importing it (with ``inspect``, ``dataclasses`` and
 ``typing``, ~15 ms) was the largest single cost on the path of a first ``Pool()`` and its first task (W6). Until
-something needs it, payloads of built-in data (None, bool, int, float, str, bytes, bytearray, tuple, list, dict,
-set, frozenset) and functions or classes that pickle by name go through the standard pickler
-(``_Plain``), which writes for them the same pickle cloudpickle would; anything else (an instance of any other
-class, a ``__main__`` or local function, an out-of-band buffer) makes that attempt give up, and cloudpickle
-pickles it. Once cloudpickle is imported, by us or by the program, it pickles everything as before.
+something needs it, payloads of built-in data (None, bool, int, float, complex, str, bytes, bytearray, tuple,
+list, dict, set, frozenset, range, slice) and functions or classes that pickle by name go through the standard
+pickler (``_Plain``), which writes for them the same pickle cloudpickle would (tests/test_serialize.py compares
+the bytes); anything else (an instance of any other class, a ``__main__`` or local function, an out-of-band
+buffer) makes that attempt give up, and cloudpickle pickles it: at worst one payload is pickled twice, once per
+process. Once cloudpickle is imported, by us or by the program, it pickles everything.
 """
 
 from __future__ import annotations
