@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from . import _options as opt
 from ._imap import IMapIterator
-from ._jobs import SchedulerBase, flush_std_streams
+from ._jobs import SchedulerBase, flush_std_streams, wait_in_slices
 from ._options import CallOptions, Chunksize, PoolOptions
 from ._results import FutureJob
 from ._shm import DEFAULT_THRESHOLD
@@ -175,7 +175,7 @@ class Executor(concurrent.futures.Executor):
         _open.pop(self._scheduler, None)
         if wait:
             try:
-                self._scheduler.join()
+                wait_in_slices(self._scheduler.join)
             except KeyboardInterrupt:
                 self._scheduler.terminate()
                 raise

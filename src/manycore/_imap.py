@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any, TypeVar
 
 from . import _channel as ch
-from ._jobs import Chunk, Job, SchedulerBase
+from ._jobs import Chunk, Job, SchedulerBase, main_slice
 from ._options import CallOptions
 from ._progress import make_bar
 
@@ -167,7 +167,7 @@ class IMapIterator(Job, Iterator[T]):
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         raise multiprocessing.TimeoutError(f"no result within {timeout} s")
-                    self._cond.wait(left)
+                    self._cond.wait(main_slice(left))  # the main thread handles Ctrl-C meanwhile
         except KeyboardInterrupt:
             # Outside the condition's lock: terminating fails this job, which takes that lock to deliver.
             self.scheduler.terminate()

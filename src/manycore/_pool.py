@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from . import _options as opt
 from ._broadcast import Broadcast
 from ._imap import IMapIterator
-from ._jobs import SchedulerBase, State, flush_std_streams
+from ._jobs import SchedulerBase, State, flush_std_streams, wait_in_slices
 from ._options import CallOptions, Chunksize, PoolOptions
 from ._results import ApplyResult, AsyncResult, Call, MapResult, _interruptible
 from ._shm import DEFAULT_THRESHOLD
@@ -132,7 +132,7 @@ class Pool:
         if self._scheduler.state is State.RUNNING:
             raise ValueError("Pool is still running: call close() or terminate() before join()")
         try:
-            self._scheduler.join()
+            wait_in_slices(self._scheduler.join)
         except KeyboardInterrupt:
             self._scheduler.terminate()
             raise

@@ -12,13 +12,15 @@ from __future__ import annotations
 import multiprocessing
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FuturesTimeoutError
 from typing import Any, Generic, TypeVar
 
 from . import _channel as ch
-from ._jobs import Chunk, Job, SchedulerBase
+from ._jobs import MAIN_WAKE_S, Chunk, Job, SchedulerBase, wait_in_slices
 from ._options import DEFAULT_CALL, CallOptions
 from ._progress import make_bar
 from .errors import for_futures
@@ -73,6 +75,30 @@ def _interruptible(scheduler: SchedulerBase, wait: Callable[[], bool]) -> bool:
         raise
 
 
+class _Future(Future[T]):
+    """A ``concurrent.futures.Future`` whose ``result`` and ``exception`` let the main thread handle Ctrl-C while
+    they wait (see ``_jobs.MAIN_WAKE_S``)."""
+
+    def result(self, timeout: float | None = None) -> T:
+        return self._sliced(super().result, timeout)  # type: ignore[no-any-return]
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return self._sliced(super().exception, timeout)  # type: ignore[no-any-return]
+
+    def _sliced(self, wait: Callable[[float | None], Any], timeout: float | None) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            return wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return wait(MAIN_WAKE_S if left is None else min(left, MAIN_WAKE_S))
+            except FuturesTimeoutError:
+                # The task's own TimeoutError, once done, is its result; ours means: not done yet.
+                if self.done() or (left is not None and left <= MAIN_WAKE_S):
+                    raise
+
+
 class AsyncResult(Job, Generic[T]):
     """The result of an ``*_async`` call: ``get``, ``wait``, ``ready``, ``successful``."""
 
@@ -105,7 +131,7 @@ class AsyncResult(Job, Generic[T]):
         return self._error is None
 
     def wait(self, timeout: float | None = None) -> None:
-        _interruptible(self.scheduler, lambda: self._event.wait(timeout))
+        _interruptible(self.scheduler, lambda: wait_in_slices(self._event.wait, timeout))
 
     def get(self, timeout: float | None = None) -> T:
         self.wait(timeout)
@@ -206,9 +232,13 @@ class Call(Job, Generic[T]):
             self.scheduler.job_finished(self)
             self._done.release()
 
+    def _acquire_done(self, timeout: float | None) -> bool:
+        return self._done.acquire(timeout=-1 if timeout is None else timeout)
+
     def result(self) -> T:
         if not self._done.acquire(blocking=False):
-            _interruptible(self.scheduler, self._done.acquire)  # submitted, or re-run after a worker died
+            # Submitted, or re-run after a worker died.
+            _interruptible(self.scheduler, lambda: wait_in_slices(self._acquire_done))
         if self._error is not None:
             raise self._error
         return self._value  # type: ignore[no-any-return]
@@ -291,7 +321,7 @@ class FutureJob(Job):
         options: CallOptions = DEFAULT_CALL,
     ) -> None:
         super().__init__(scheduler, fn, options)
-        self.future: Future[Any] = Future()
+        self.future: Future[Any] = _Future()
         self.ready_chunks = [Chunk(self, 0, [(args, kwargs)])]
 
     def take_locked(self) -> Chunk | None:
