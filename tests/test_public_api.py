@@ -45,9 +45,9 @@ def test_import_is_light() -> None:
 
 
 def test_fork_server_starts_before_cloudpickle_is_imported() -> None:
-    # Pool() starts the fork server before anything imports cloudpickle, so that the import (the largest of a
-    # first Pool()) overlaps the server's start-up instead of delaying it (W6). Recorded at the moment the
-    # server's interpreter is launched.
+    # Pool() starts the fork server before anything imports cloudpickle (W6), recorded at the moment the
+    # server's interpreter is launched. A task that pickles by name (abs) does not import it either; one that
+    # needs it (a lambda) does.
     code = (
         "import os, subprocess, sys, manycore\n"
         "seen = []\n"
@@ -59,9 +59,10 @@ def test_fork_server_starts_before_cloudpickle_is_imported() -> None:
         "os.register_at_fork(before=lambda: seen.append('cloudpickle' in sys.modules))\n"
         "with manycore.Pool(2) as pool:\n"
         "    print(seen, pool.apply(abs, (-3,)), 'cloudpickle' in sys.modules)\n"
+        "    print(pool.apply(lambda: 4), 'cloudpickle' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["[False]", "3", "True"]
+    assert out.split() == ["[False]", "3", "False", "4", "True"]
 
 
 def test_package_is_typed() -> None:

@@ -99,20 +99,7 @@ def pack(
         # overlaps with the workers' start instead of delaying it (W6).
         return dumps((None, (), *rest)), []
     if start_method == "fork" or (initializer is None and not initargs):
-        # The forked worker inherits initargs. The initializer travels as tasks do when it can, so that one
-        # defined in __main__ sets the globals the tasks see (_wire.MAIN_GLOBALS), and is inherited when it
-        # cannot (e.g. a partial holding a fork-context Lock). cloudpickle is imported here, before any fork:
-        # a fork while another thread imports it would leave the worker a module lock no thread will release.
-        if start_method == "fork":
-            from ._serialize import _pickler
-
-            _pickler()
-        try:
-            return dumps_function((initializer, (), *rest)), []
-        except SerializationError:
-            if start_method != "fork":
-                raise
-            return dumps_function((None, (), *rest)), []
+        return _pack_as_tasks(initializer, rest, start_method), []
     import io
 
     spawning = _Spawning()
@@ -149,6 +136,26 @@ def pack(
             what="initargs",
         )
     return out.getvalue(), spawning.fds
+
+
+def _pack_as_tasks(
+    initializer: Callable[..., object] | None, rest: tuple[Any, ...], start_method: str
+) -> bytes:
+    """The forked worker inherits initargs. The initializer travels as tasks do when it can, so that one defined
+    in __main__ sets the globals the tasks see (_wire.MAIN_GLOBALS), and is inherited when it cannot (e.g. a
+    partial holding a fork-context Lock)."""
+    if start_method == "fork":
+        # cloudpickle is imported now, before any fork: a fork while another thread imports it would leave the
+        # worker a module lock that no thread will release.
+        from ._serialize import _pickler
+
+        _pickler()
+    try:
+        return dumps_function((initializer, (), *rest))
+    except SerializationError:
+        if start_method != "fork":
+            raise
+        return dumps_function((None, (), *rest))
 
 
 def tracker_fd() -> int | None:

@@ -180,24 +180,7 @@ class Sending(ProcessState):
         try:
             self._submitted(job)
             self._send([assignment])
-            # poll, not select: select refuses descriptors above 1023, which a program holding many files has.
-            poller = select.poll()
-            poller.register(w.channel.fileno(), select.POLLIN)
-            poll_until = time.perf_counter() + self.lent_poll_s
-            while not w.channel.pending and not poller.poll(0):
-                if time.perf_counter() > poll_until:
-                    break
-            while not results and not job.closed and not self._terminated():
-                pending = w.channel.pending
-                poller.modify(w.channel.fileno(), select.POLLIN | (select.POLLOUT if pending else 0))
-                # A timeout, so that a pool terminated from another thread is noticed.
-                events = poller.poll(50)
-                mask = events[0][1] if events else 0
-                if mask & select.POLLOUT:
-                    w.channel.flush()
-                if mask & ~select.POLLOUT and not self._read(w, results):
-                    alive = False
-                    break
+            alive = self._await_lent(w, job, results)
         finally:
             with self._lock:
                 w.lent = False
@@ -211,6 +194,27 @@ class Sending(ProcessState):
             self._deliver(self._on_results(results))
         if not alive:
             self._wake()
+        return True
+
+    def _await_lent(self, w: Worker, job: Job, results: list[tuple[Worker, ch.Frame]]) -> bool:
+        """Read the lent worker's answer into ``results``; False if it died (EOF) or broke the protocol."""
+        # poll, not select: select refuses descriptors above 1023, which a program holding many files has.
+        poller = select.poll()
+        poller.register(w.channel.fileno(), select.POLLIN)
+        poll_until = time.perf_counter() + self.lent_poll_s
+        while not w.channel.pending and not poller.poll(0):
+            if time.perf_counter() > poll_until:
+                break
+        while not results and not job.closed and not self._terminated():
+            pending = w.channel.pending
+            poller.modify(w.channel.fileno(), select.POLLIN | (select.POLLOUT if pending else 0))
+            # A timeout, so that a pool terminated from another thread is noticed.
+            events = poller.poll(50)
+            mask = events[0][1] if events else 0
+            if mask & select.POLLOUT:
+                w.channel.flush()
+            if mask & ~select.POLLOUT and not self._read(w, results):
+                return False
         return True
 
     def _terminated(self) -> bool:
