@@ -48,16 +48,25 @@ def flush_std_streams() -> None:
 MAIN_WAKE_S = 0.1
 
 
+def slices(timeout: float | None) -> bool:
+    """Whether a wait of ``timeout`` in this thread is cut into slices: in the main thread, for no timeout or
+    an ordinary one. Others (negative, NaN, past ``threading.TIMEOUT_MAX``) go to the wait as they are, which
+    treats them as it does in every thread (the standard library raises OverflowError for the largest)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    return timeout is None or 0 <= timeout <= threading.TIMEOUT_MAX
+
+
 def main_slice(left: float | None) -> float | None:
     """How long one wait may sleep: ``left``, or at most ``MAIN_WAKE_S`` in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
+    if not slices(left):
         return left
     return MAIN_WAKE_S if left is None else min(left, MAIN_WAKE_S)
 
 
 def wait_in_slices(wait: Callable[[float | None], bool], timeout: float | None = None) -> bool:
     """``wait(timeout)`` (an Event's ``wait``, a join...) that lets the main thread handle signals meanwhile."""
-    if threading.current_thread() is not threading.main_thread():
+    if not slices(timeout):
         return wait(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:

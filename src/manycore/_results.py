@@ -16,11 +16,10 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FuturesTimeoutError
 from typing import Any, Generic, TypeVar
 
 from . import _channel as ch
-from ._jobs import MAIN_WAKE_S, Chunk, Job, SchedulerBase, wait_in_slices
+from ._jobs import MAIN_WAKE_S, Chunk, Job, SchedulerBase, slices, wait_in_slices
 from ._options import DEFAULT_CALL, CallOptions
 from ._progress import make_bar
 from .errors import for_futures
@@ -77,26 +76,37 @@ def _interruptible(scheduler: SchedulerBase, wait: Callable[[], bool]) -> bool:
 
 class _Future(Future[T]):
     """A ``concurrent.futures.Future`` whose ``result`` and ``exception`` let the main thread handle Ctrl-C while
-    they wait (see ``_jobs.MAIN_WAKE_S``)."""
+    they wait (see ``_jobs.MAIN_WAKE_S``).
+
+    The main thread waits for the future to be done in slices, then asks the standard ``result`` or
+    ``exception`` with no wait left. No ``TimeoutError`` is caught: a signal handler's (SIGALRM) must reach the
+    caller, and a task's own is its result.
+    """
 
     def result(self, timeout: float | None = None) -> T:
-        return self._sliced(super().result, timeout)  # type: ignore[no-any-return]
+        try:
+            return super().result(self._waited(timeout))
+        finally:
+            self = None  # type: ignore[assignment]  # as the standard library: a raised error's frame holds self
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        return self._sliced(super().exception, timeout)  # type: ignore[no-any-return]
+        try:
+            return super().exception(self._waited(timeout))
+        finally:
+            self = None  # type: ignore[assignment]
 
-    def _sliced(self, wait: Callable[[float | None], Any], timeout: float | None) -> Any:
-        if threading.current_thread() is not threading.main_thread():
-            return wait(timeout)
+    def _waited(self, timeout: float | None) -> float | None:
+        """Wait in slices until done or past ``timeout``; the timeout left for the standard call."""
+        if not slices(timeout):
+            return timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                return wait(MAIN_WAKE_S if left is None else min(left, MAIN_WAKE_S))
-            except FuturesTimeoutError:
-                # The task's own TimeoutError, once done, is its result; ours means: not done yet.
-                if self.done() or (left is not None and left <= MAIN_WAKE_S):
-                    raise
+        with self._condition:
+            while not self.done():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._condition.wait(MAIN_WAKE_S if left is None else min(left, MAIN_WAKE_S))
+        return 0
 
 
 class AsyncResult(Job, Generic[T]):

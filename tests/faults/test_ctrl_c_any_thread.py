@@ -72,3 +72,71 @@ def test_ctrl_c_handed_to_the_pools_thread_interrupts_the_wait(how: str) -> None
     assert proc.stdout.startswith("interrupted after "), (proc.stdout, proc.stderr[-2000:])
     assert float(proc.stdout.split()[2]) < 5, proc.stdout
     assert time.monotonic() - started < 30
+
+
+FUTURE_SCRIPT = """
+import gc, signal, sys, threading, time, weakref
+import manycore
+
+def slow(x):
+    time.sleep(x)
+    return x
+
+def fail(x):
+    raise ValueError(x)
+
+def alarm(*_):
+    raise TimeoutError("alarm")
+
+with manycore.Executor(2) as ex:
+    # A signal handler's TimeoutError reaches the caller at once: the sliced wait catches none.
+    signal.signal(signal.SIGALRM, alarm)
+    for wait in ("result", "exception"):
+        future = ex.submit(slow, 1.5)
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        started = time.monotonic()
+        try:
+            getattr(future, wait)()
+            print(wait, "returned")
+        except TimeoutError as exc:
+            print(wait, "raised", exc, round(time.monotonic() - started, 1))
+        future.result()
+    # A failed future is not kept alive by the frames of its raised error (gc off: refcounts only).
+    gc.disable()
+    future = ex.submit(fail, 1)
+    try:
+        future.result()
+    except ValueError:
+        pass
+    ref = weakref.ref(future)
+    del future
+    print("collected", ref() is None)
+    gc.enable()
+    # A timeout too large for the platform is refused the same way in every thread.
+    seen = []
+    def big():
+        try:
+            ex.submit(slow, 0.2).result(float("inf"))
+            seen.append("returned")
+        except OverflowError:
+            seen.append("OverflowError")
+    big()
+    thread = threading.Thread(target=big)
+    thread.start()
+    thread.join()
+    print(*seen)
+"""
+
+
+def test_futures_keep_the_standard_librarys_behaviour() -> None:
+    """The sliced wait of a future's result/exception (found by a review): an alarm's TimeoutError is not taken
+    for a slice's end, a failed future is freed by reference counting, and a huge timeout is refused in every
+    thread."""
+    proc = subprocess.run([sys.executable, "-c", FUTURE_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "result raised alarm 0.3",
+        "exception raised alarm 0.3",
+        "collected True",
+        "OverflowError OverflowError",
+    ]
