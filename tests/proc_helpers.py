@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import psutil
@@ -38,3 +40,12 @@ def gone(pids: set[int], timeout: float = 10) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def python_output(code: str, *args: str, timeout: float = 60) -> str:
+    """Run ``code`` in a fresh interpreter (``python -c``), require it to succeed, and return its stdout."""
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from manycore._serialize import dumps, dumps_frames, loads
+
+from proc_helpers import python_output
 
 
 def many_small_items() -> tuple[int, list[bytes]]:
@@ -87,9 +87,8 @@ for name, obj in objs.items():
 def test_plain_payloads_pickle_as_cloudpickle_would_without_importing_it() -> None:
     """Built-in data and functions or classes importable by name: the same bytes as cloudpickle's, and
     cloudpickle (~15 ms to import, W6) stays unloaded."""
-    out = subprocess.run([sys.executable, "-c", PLAIN_SCRIPT], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == [
+    out = python_output(PLAIN_SCRIPT)
+    assert out.splitlines() == [
         "cloudpickle loaded after plain payloads: False",
         "data True",
         "function by name True",
@@ -111,9 +110,8 @@ def test_the_classes_cloudpickle_rebuilds_from_the_types_module_go_to_cloudpickl
         "import cloudpickle\n"
         "print([a == cloudpickle.dumps(o, protocol=5) for a, o in zip(ours, objs)])\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout == "[True, True, True, True]\n"
+    out = python_output(script)
+    assert out == "[True, True, True, True]\n"
 
 
 BY_VALUE_SCRIPT = r"""
@@ -136,9 +134,8 @@ with manycore.Pool(2) as pool:
 
 
 def test_by_value_code_still_goes_through_cloudpickle() -> None:
-    out = subprocess.run([sys.executable, "-c", BY_VALUE_SCRIPT], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["after plain tasks: False", "after by-value tasks: True"]
+    out = python_output(BY_VALUE_SCRIPT)
+    assert out.splitlines() == ["after plain tasks: False", "after by-value tasks: True"]
 
 
 def test_a_module_registered_by_value_is_pickled_by_value() -> None:
@@ -149,9 +146,8 @@ def test_a_module_registered_by_value_is_pickled_by_value() -> None:
         "from manycore._serialize import dumps\n"
         "print(dumps(json.dumps) != __import__('pickle').dumps(json.dumps, protocol=5))\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout == "True\n"
+    out = python_output(script)
+    assert out == "True\n"
 
 
 def test_a_fork_pool_imports_cloudpickle_before_it_forks() -> None:
@@ -162,6 +158,5 @@ def test_a_fork_pool_imports_cloudpickle_before_it_forks() -> None:
         "print('cloudpickle' in sys.modules)\n"
         "pool.close(); pool.join()\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout == "True\n"
+    out = python_output(script)
+    assert out == "True\n"

@@ -11,9 +11,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
+
+from proc_helpers import python_output
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -65,13 +66,11 @@ except KeyboardInterrupt:
 
 @pytest.mark.parametrize("how", ["get", "imap", "apply", "join", "future", "shutdown"])
 def test_ctrl_c_handed_to_the_pools_thread_interrupts_the_wait(how: str) -> None:
-    started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(SCRIPT), how], capture_output=True, text=True, timeout=15
     )
     assert proc.stdout.startswith("interrupted after "), (proc.stdout, proc.stderr[-2000:])
-    assert float(proc.stdout.split()[2]) < 5, proc.stdout
-    assert time.monotonic() - started < 30
+    assert float(proc.stdout.split()[2]) < 5, proc.stdout  # a hang guard: the wait ends in 0.1-0.6 s
 
 
 FUTURE_SCRIPT = """
@@ -99,7 +98,8 @@ with manycore.Executor(2) as ex:
             getattr(future, wait)()
             print(wait, "returned")
         except TimeoutError as exc:
-            print(wait, "raised", exc, round(time.monotonic() - started, 1))
+            # Before the 1.5 s task ended: the sliced wait did not hold the alarm's error back until then.
+            print(wait, "raised", exc, "early" if time.monotonic() - started < 1.4 else "late")
         future.result()
     # A failed future is not kept alive by the frames of its raised error (gc off: refcounts only).
     gc.disable()
@@ -132,11 +132,9 @@ def test_futures_keep_the_standard_librarys_behaviour() -> None:
     """The sliced wait of a future's result/exception (found by a review): an alarm's TimeoutError is not taken
     for a slice's end, a failed future is freed by reference counting, and a huge timeout is refused in every
     thread."""
-    proc = subprocess.run([sys.executable, "-c", FUTURE_SCRIPT], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == [
-        "result raised alarm 0.3",
-        "exception raised alarm 0.3",
+    assert python_output(FUTURE_SCRIPT).splitlines() == [
+        "result raised alarm early",
+        "exception raised alarm early",
         "collected True",
         "OverflowError OverflowError",
     ]

@@ -7,8 +7,6 @@ usable afterwards, and no process left behind.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from functools import partial
 from pathlib import Path
@@ -20,6 +18,7 @@ from manycore.errors import PoolClosedError, TaskTimeoutError, WorkerLostError
 
 from . import tasks
 from .common import make_pool
+from proc_helpers import python_output
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -106,6 +105,4 @@ def test_a_single_core_caller_does_not_poll_for_its_answer() -> None:
         "assert polls() == 0.0\n"
         "print('ok')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == "ok\n"
+    assert python_output(code) == "ok\n"
