@@ -12,14 +12,13 @@ from __future__ import annotations
 import multiprocessing
 import sys
 import threading
-import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
 from . import _channel as ch
-from ._jobs import MAIN_WAKE_S, Chunk, Job, SchedulerBase, slices, wait_in_slices
+from ._jobs import Chunk, Job, SchedulerBase, slices, wait_in_slices
 from ._options import DEFAULT_CALL, CallOptions
 from ._progress import make_bar
 from .errors import for_futures
@@ -99,14 +98,12 @@ class _Future(Future[T]):
         """Wait in slices until done or past ``timeout``; the timeout left for the standard call."""
         if not slices(timeout):
             return timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._condition:
-            while not self.done():
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                self._condition.wait(MAIN_WAKE_S if left is None else min(left, MAIN_WAKE_S))
+        wait_in_slices(self._wait_done, timeout)
         return 0
+
+    def _wait_done(self, timeout: float | None) -> bool:
+        with self._condition:
+            return self._condition.wait_for(self.done, timeout)
 
 
 class AsyncResult(Job, Generic[T]):

@@ -184,6 +184,8 @@ def _dying(pid: int) -> bool:
 
 def _wait_for_eof(channel: ch.ParentChannel, deadline: float) -> None:
     """A worker closes its socket only by exiting: EOF means it is gone or going."""
+    poller = select.poll()  # not select(): it refuses descriptors above 1023
+    poller.register(channel.sock, select.POLLIN)
     while True:
         while channel.pending and channel.flush():
             if time.monotonic() > deadline:
@@ -192,7 +194,5 @@ def _wait_for_eof(channel: ch.ParentChannel, deadline: float) -> None:
         left = deadline - time.monotonic()
         if left <= 0:
             return
-        poller = select.poll()  # not select(): it refuses descriptors above 1023
-        poller.register(channel.sock, select.POLLIN)
         if poller.poll(max(1, int(left * 1000))) and channel.read_frames() is None:
             return
