@@ -21,6 +21,7 @@ import ctypes
 import gc
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -318,7 +319,15 @@ def main() -> int:
     warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads, on the Pythons that warn
     soak = Soak(args.seed, args.workers)
     soak.verbose = args.verbose
-    total = args.minutes * 60
+    try:
+        return run(soak, args.minutes, args.seed)
+    finally:
+        shutil.rmtree(os.path.dirname(soak.script), ignore_errors=True)  # the Ctrl-C children's script
+
+
+def run(soak: Soak, minutes: float, seed: int) -> int:
+    """The timed run and its report; 1 if anything was lost or leaked."""
+    total = minutes * 60
     warmup = min(30.0, total / 10)
     start = time.monotonic()
     while time.monotonic() - start < warmup:
@@ -344,7 +353,7 @@ def main() -> int:
     operations = sum(v for k, v in soak.ops.items() if not k.startswith("pool open"))
     faults = sum(soak.faults.values())
     print(
-        f"soak {args.minutes:g} min seed {args.seed} python {sys.version.split()[0]}: "
+        f"soak {minutes:g} min seed {seed} python {sys.version.split()[0]}: "
         f"operations {operations} ({', '.join(f'{k} {v}' for k, v in sorted(soak.ops.items()))}), "
         f"items {soak.items}, "
         f"faults injected {faults} ({', '.join(f'{k} {v}' for k, v in sorted(soak.faults.items()))}), "
