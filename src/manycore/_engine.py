@@ -20,7 +20,6 @@ parallelism, only after a crash, and is what lets the culprit fail alone while e
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +28,7 @@ from . import _channel as ch
 from ._jobs import Chunk, Job, SchedulerBase, State
 from ._recovery import lost_chunk
 from ._serialize import unpack_exception
+from ._waiting import Latch
 from ._worker._run import run_items
 from .backends._base import Backend
 from .errors import PoolClosedError, WorkerLostError
@@ -111,7 +111,7 @@ class EngineScheduler(SchedulerBase):
         self._inflight = 0
         self._suspects: list[Chunk] = []  # items of lost chunks, to be re-run one at a time
         self._isolated: Chunk | None = None  # the suspect running alone now
-        self._stopped = threading.Event()
+        self._stopped = Latch()
 
     # ---- dispatch ----------------------------------------------------------------------------------------
 

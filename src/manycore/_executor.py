@@ -18,10 +18,11 @@ from typing import Any, TypeVar
 
 from . import _options as opt
 from ._imap import IMapIterator
-from ._jobs import SchedulerBase, flush_std_streams, wait_in_slices
+from ._jobs import SchedulerBase, flush_std_streams
 from ._options import CallOptions, Chunksize, PoolOptions
 from ._results import FutureJob
 from ._shm import DEFAULT_THRESHOLD
+from ._waiting import wait_in_slices
 from .backends import Backend, resolve
 from .errors import PoolClosedError, for_futures
 

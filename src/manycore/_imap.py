@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any, TypeVar
 
 from . import _channel as ch
-from ._jobs import Chunk, Job, SchedulerBase, main_slice
+from ._jobs import Chunk, Job, SchedulerBase
 from ._options import CallOptions
 from ._progress import make_bar
+from ._waiting import MAIN_WAKE_S, slices
 
 T = TypeVar("T")
 
@@ -54,9 +55,15 @@ class IMapIterator(Job, Iterator[T]):
         # window (``_room``). With one condition every delivered chunk woke the feeder for nothing and every
         # chunk read woke the consumer for nothing: W7 (2M items) made 3.5x the context switches of before the
         # feeder thread existed.
-        lock = threading.RLock()
+        # Blocks take the lock itself, never ``with self._cond``: an interrupt can leave a Python-level
+        # condition's lock held (see _waiting), and the main thread does not wait on the condition either: it
+        # sleeps on ``_wakeup``, a lock of its own that deliveries release when it is asleep.
+        self._mutex = lock = threading.RLock()
         self._cond = threading.Condition(lock)
         self._room = threading.Condition(lock)
+        self._wakeup = threading.Lock()
+        self._wakeup.acquire()
+        self._main_asleep = False
         self._pulled = 0  # items taken from the source
         self._taken = 0  # items of the pieces handed to the consumer so far
         self._values: list[Any] = []  # the piece being read, its errors by offset, the next offset
@@ -111,7 +118,7 @@ class IMapIterator(Job, Iterator[T]):
 
     def _add(self, items: list[Any], error: BaseException | None, exhausted: bool) -> bool:
         """Items read by the feeder (and the error that ended the input); whether to read on."""
-        with self._cond:
+        with self._mutex:
             first = self._pulled
             self._pulled = first + len(items)
             if items:
@@ -120,7 +127,7 @@ class IMapIterator(Job, Iterator[T]):
                 self._source_error = (self._pulled, error)
             self._exhausted = exhausted or error is not None
             if self._exhausted:
-                self._cond.notify_all()  # a consumer waiting past the last item sees the end
+                self._wake_consumers_locked()  # a consumer waiting past the last item sees the end
         if items:
             self.queued.append(Chunk(self, first, items))
             self.scheduler.more_ready(self)
@@ -129,25 +136,34 @@ class IMapIterator(Job, Iterator[T]):
         return not self._exhausted
 
     def drain(self) -> None:
-        with self._cond:
+        with self._mutex:
             self._draining = True
             self._feed.unbounded = True
             self._room.notify_all()
         self._finish_drained()
 
     def _finish_drained(self) -> None:
-        with self._cond:
+        with self._mutex:
             done = self._exhausted and self._delivered >= self._pulled
         if done:
             # Every result is stored for the consumer, who may read them after join(); the pool needs no more.
             self.scheduler.job_finished(self)
 
     def _stop_feeding(self) -> None:
-        with self._cond:
+        with self._mutex:
             self._feed.stop = True
             self._room.notify_all()
 
     # ---- the consumer side -----------------------------------------------------------------------------
+
+    def _wake_consumers_locked(self) -> None:
+        self._cond.notify_all()
+        if self._main_asleep:
+            self._main_asleep = False
+            # Only wakers release, each holding the lock: a lock already released (the main thread stopped
+            # sleeping on a slice's end and has not slept again yet) lets its next sleep return at once.
+            if self._wakeup.locked():
+                self._wakeup.release()
 
     def _finished_locked(self) -> bool:
         return (self._exhausted or self._source_error is not None) and self._taken >= self._pulled
@@ -157,7 +173,7 @@ class IMapIterator(Job, Iterator[T]):
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while self._pos >= len(self._values):
-                with self._cond:
+                with self._mutex:
                     if self._failure is not None:
                         raise self._failure
                     if self._take_piece_locked():
@@ -167,7 +183,12 @@ class IMapIterator(Job, Iterator[T]):
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         raise multiprocessing.TimeoutError(f"no result within {timeout} s")
-                    self._cond.wait(main_slice(left))  # the main thread handles Ctrl-C meanwhile
+                    if not slices(left):
+                        self._cond.wait(left)
+                        continue
+                    self._main_asleep = True
+                # Outside the lock, one C call, woken at least every MAIN_WAKE_S for Ctrl-C.
+                self._wakeup.acquire(timeout=MAIN_WAKE_S if left is None else min(left, MAIN_WAKE_S))
         except KeyboardInterrupt:
             # Outside the condition's lock: terminating fails this job, which takes that lock to deliver.
             self.scheduler.terminate()
@@ -275,21 +296,21 @@ class IMapIterator(Job, Iterator[T]):
     # ---- the scheduler side ------------------------------------------------------------------------------
 
     def deliver(self, chunk: Chunk, values: list[Any], errors: dict[int, BaseException]) -> None:
-        with self._cond:
+        with self._mutex:
             self._pieces[chunk.first] = (chunk.origin, values, errors)
             self._arrivals.append(chunk.first)
             self._delivered += len(values)
-            self._cond.notify_all()
+            self._wake_consumers_locked()
         if self._bar is not None:
             self._bar.update(len(values))
         if self._draining:
             self._finish_drained()
 
     def fail_all(self, exc: BaseException) -> None:
-        with self._cond:
+        with self._mutex:
             self._failure = exc
             self._feed.stop = True
-            self._cond.notify_all()
+            self._wake_consumers_locked()
             self._room.notify_all()
         self.scheduler.job_finished(self)
         self.owner = None

@@ -16,7 +16,6 @@ import itertools
 import pickle
 import sys
 import threading
-import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -38,43 +37,6 @@ def flush_std_streams() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # closed, replaced by None, or an object without flush
             stream.flush()
-
-
-# How often a wait in the main thread wakes up. Python runs a signal's handler (Ctrl-C's KeyboardInterrupt) only
-# when the main thread runs Python code, and the kernel may hand a process-directed signal to any thread that
-# does not block it, the supervisor thread included: then a main thread asleep on a lock with no timeout slept
-# on, and the program ignored Ctrl-C (seen in the soak run; tests/faults/test_ctrl_c_any_thread.py). Ctrl-C
-# lands within this much at worst; ten wake-ups a second of a waiting program cost nothing measurable.
-MAIN_WAKE_S = 0.1
-
-
-def slices(timeout: float | None) -> bool:
-    """Whether a wait of ``timeout`` in this thread is cut into slices: in the main thread, for no timeout or
-    an ordinary one. Others (negative, NaN, past ``threading.TIMEOUT_MAX``) go to the wait as they are, which
-    treats them as it does in every thread (the standard library raises OverflowError for the largest)."""
-    if threading.current_thread() is not threading.main_thread():
-        return False
-    return timeout is None or 0 <= timeout <= threading.TIMEOUT_MAX
-
-
-def main_slice(left: float | None) -> float | None:
-    """How long one wait may sleep: ``left``, or at most ``MAIN_WAKE_S`` in the main thread."""
-    if not slices(left):
-        return left
-    return MAIN_WAKE_S if left is None else min(left, MAIN_WAKE_S)
-
-
-def wait_in_slices(wait: Callable[[float | None], bool], timeout: float | None = None) -> bool:
-    """``wait(timeout)`` (an Event's ``wait``, a join...) that lets the main thread handle signals meanwhile."""
-    if not slices(timeout):
-        return wait(timeout)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if wait(main_slice(left)):
-            return True
-        if left is not None and left <= MAIN_WAKE_S:
-            return False
 
 
 class State(enum.Enum):

@@ -18,9 +18,10 @@ from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
 from . import _channel as ch
-from ._jobs import Chunk, Job, SchedulerBase, slices, wait_in_slices
+from ._jobs import Chunk, Job, SchedulerBase
 from ._options import DEFAULT_CALL, CallOptions
 from ._progress import make_bar
+from ._waiting import Latch, slices, wait_in_slices
 from .errors import for_futures
 
 T = TypeVar("T")
@@ -75,12 +76,18 @@ def _interruptible(scheduler: SchedulerBase, wait: Callable[[], bool]) -> bool:
 
 class _Future(Future[T]):
     """A ``concurrent.futures.Future`` whose ``result`` and ``exception`` let the main thread handle Ctrl-C while
-    they wait (see ``_jobs.MAIN_WAKE_S``).
+    they wait (see ``_waiting``).
 
-    The main thread waits for the future to be done in slices, then asks the standard ``result`` or
-    ``exception`` with no wait left. No ``TimeoutError`` is caught: a signal handler's (SIGALRM) must reach the
-    caller, and a task's own is its result.
+    The main thread waits in slices on a latch that the future's first done-callback sets, never on the
+    future's condition (a Python-level lock an interrupt can leave held), then asks the standard ``result`` or
+    ``exception`` with no wait left. No ``TimeoutError`` is caught: a signal handler's (SIGALRM) must reach
+    the caller, and a task's own is its result.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._finished = Latch()
+        self.add_done_callback(_open_latch)
 
     def result(self, timeout: float | None = None) -> T:
         try:
@@ -98,12 +105,12 @@ class _Future(Future[T]):
         """Wait in slices until done or past ``timeout``; the timeout left for the standard call."""
         if not slices(timeout):
             return timeout
-        wait_in_slices(self._wait_done, timeout)
+        wait_in_slices(self._finished.wait, timeout)
         return 0
 
-    def _wait_done(self, timeout: float | None) -> bool:
-        with self._condition:
-            return self._condition.wait_for(self.done, timeout)
+
+def _open_latch(future: Future[Any]) -> None:
+    future._finished.set()  # type: ignore[attr-defined]
 
 
 class AsyncResult(Job, Generic[T]):
@@ -120,7 +127,7 @@ class AsyncResult(Job, Generic[T]):
         total: int | None = None,
     ) -> None:
         super().__init__(scheduler, fn, options)
-        self._event = threading.Event()
+        self._done = Latch()  # not an Event: see _waiting
         self._lock = threading.Lock()
         self._value: Any = None
         self._error: BaseException | None = None
@@ -130,7 +137,7 @@ class AsyncResult(Job, Generic[T]):
         self.owner: object = None  # see _finish
 
     def ready(self) -> bool:
-        return self._event.is_set()
+        return self._done.is_set()
 
     def successful(self) -> bool:
         if not self.ready():
@@ -138,7 +145,7 @@ class AsyncResult(Job, Generic[T]):
         return self._error is None
 
     def wait(self, timeout: float | None = None) -> None:
-        _interruptible(self.scheduler, lambda: wait_in_slices(self._event.wait, timeout))
+        _interruptible(self.scheduler, lambda: wait_in_slices(self._done.wait, timeout))
 
     def get(self, timeout: float | None = None) -> T:
         self.wait(timeout)
@@ -150,10 +157,10 @@ class AsyncResult(Job, Generic[T]):
 
     def _finish(self, value: Any, error: BaseException | None) -> None:
         with self._lock:
-            if self._event.is_set():
+            if self._done.is_set():
                 return
             self._value, self._error = value, error
-            self._event.set()
+            self._done.set()
         self.scheduler.job_finished(self)
         if self._bar is not None:
             self._bar.close()
@@ -296,7 +303,7 @@ class MapResult(AsyncResult[list[T]]):
     def deliver(self, chunk: Chunk, values: list[Any], errors: dict[int, BaseException]) -> None:
         first = chunk.first
         with self._lock:
-            if self._event.is_set():
+            if self._done.is_set():
                 return
             self._results[first : first + len(values)] = values
             self._remaining -= len(values)

@@ -22,6 +22,7 @@ from .. import _initdata
 from .._jobs import State
 from .._launch import launching
 from .._protocol import INIT, STATUS_SIZE
+from .._waiting import Latch
 from ..errors import InitializerError, PoolClosedError
 from ._poller import READ, WRITE
 from ._state import ProcessState
@@ -95,8 +96,7 @@ class WorkerLifecycle(ProcessState):
             f"this pool belongs to process {self.owner_pid}, and this process is a child it forked "
             "(os.fork()): a pool's workers serve only the process that created it; create a new pool in the child"
         )
-        self._stopped = threading.Event()
-        self._stopped.set()
+        self._stopped = Latch(is_set=True)
 
     def _start_worker_locked(self) -> None:
         # Under the launch lock until the new worker's descriptors are recorded in self._workers: a worker that

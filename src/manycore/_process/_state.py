@@ -17,6 +17,7 @@ from .. import _shm
 from .._broadcast import Broadcast
 from .._jobs import Chunk, SchedulerBase
 from .._launch import Launcher
+from .._waiting import Latch
 from ._assign import Assigner
 from ._payload import MappedResults
 from ._poller import Poller
@@ -50,7 +51,7 @@ class ProcessState(SchedulerBase):
     _selector: Poller
     _control_fd: int | None
     _thread: threading.Thread
-    _stopped: threading.Event
+    _stopped: Latch
 
     def _break(self, error: BaseException, cause: BaseException | None) -> None:
         raise NotImplementedError

@@ -49,6 +49,7 @@ from .._jobs import Chunk, Job, State
 from .._launch import ForkLauncher, Launcher, make_launcher
 from .._options import cpu_count
 from .._recovery import loss_error, lost_chunk, suspect_offset
+from .._waiting import Latch
 from ..errors import PoolBrokenError, PoolClosedError
 from ._assign import Assigner, Assignment
 from ._deadlines import overdue
@@ -148,7 +149,7 @@ class Scheduler(Reading, Sending, WorkerLifecycle):
         if self._control_fd is not None:
             self._selector.register(self._control_fd, READ, self._launcher)
         self._thread = threading.Thread(target=self._supervise, name="manycore-supervisor", daemon=True)
-        self._stopped = threading.Event()
+        self._stopped = Latch()
 
     def _fork_workers(self) -> None:
         # Forked here, in the thread that makes the pool, as multiprocessing.Pool does, not by the supervisor
