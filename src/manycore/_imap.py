@@ -18,10 +18,11 @@ from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any, TypeVar
 
 from . import _channel as ch
+from . import _waiting
 from ._jobs import Chunk, Job, SchedulerBase
 from ._options import CallOptions
 from ._progress import make_bar
-from ._waiting import MAIN_WAKE_S, slices
+from ._waiting import slices
 
 T = TypeVar("T")
 
@@ -188,7 +189,8 @@ class IMapIterator(Job, Iterator[T]):
                         continue
                     self._main_asleep = True
                 # Outside the lock, one C call, woken at least every MAIN_WAKE_S for Ctrl-C.
-                self._wakeup.acquire(timeout=MAIN_WAKE_S if left is None else min(left, MAIN_WAKE_S))
+                wake = _waiting.MAIN_WAKE_S  # looked up each time: the storm test shortens it
+                self._wakeup.acquire(timeout=wake if left is None else min(left, wake))
         except KeyboardInterrupt:
             # Outside the condition's lock: terminating fails this job, which takes that lock to deliver.
             self.scheduler.terminate()

@@ -14,7 +14,8 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future, _base
+from concurrent.futures import TimeoutError as FuturesTimeoutError
 from typing import Any, Generic, TypeVar
 
 from . import _channel as ch
@@ -78,10 +79,12 @@ class _Future(Future[T]):
     """A ``concurrent.futures.Future`` whose ``result`` and ``exception`` let the main thread handle Ctrl-C while
     they wait (see ``_waiting``).
 
-    The main thread waits in slices on a latch that the future's first done-callback sets, never on the
-    future's condition (a Python-level lock an interrupt can leave held), then asks the standard ``result`` or
-    ``exception`` with no wait left. No ``TimeoutError`` is caught: a signal handler's (SIGALRM) must reach
-    the caller, and a task's own is its result.
+    The main thread never takes the future's condition, a Python-level lock an interrupt can leave held (then
+    the supervisor, finishing the future, blocked on it for good). It waits in slices on a latch that the
+    future's first done-callback sets, and reads the outcome once the state says finished: a future's result
+    and exception are written before its state, and never change after. Other threads use the standard
+    methods. No ``TimeoutError`` is caught: a signal handler's (SIGALRM) must reach the caller, and a task's
+    own is its result.
     """
 
     def __init__(self) -> None:
@@ -90,23 +93,34 @@ class _Future(Future[T]):
         self.add_done_callback(_open_latch)
 
     def result(self, timeout: float | None = None) -> T:
+        if not slices(timeout):
+            return super().result(timeout)
+        error = None
         try:
-            return super().result(self._waited(timeout))
+            error = self._outcome(timeout)
+            if error is not None:
+                raise error
+            return self._result  # type: ignore[return-value]  # typeshed: T | None; None only before set
         finally:
-            self = None  # type: ignore[assignment]  # as the standard library: a raised error's frame holds self
+            # As the standard library: the raised error's traceback holds this frame, which must not hold the
+            # future (or the error itself) in a cycle.
+            self = None  # type: ignore[assignment]
+            error = None
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        try:
-            return super().exception(self._waited(timeout))
-        finally:
-            self = None  # type: ignore[assignment]
-
-    def _waited(self, timeout: float | None) -> float | None:
-        """Wait in slices until done or past ``timeout``; the timeout left for the standard call."""
         if not slices(timeout):
-            return timeout
-        wait_in_slices(self._finished.wait, timeout)
-        return 0
+            return super().exception(timeout)
+        return self._outcome(timeout)
+
+    def _outcome(self, timeout: float | None) -> BaseException | None:
+        """Wait until finished, as ``result`` does; the exception, or None for a result."""
+        self._finished.wait(timeout)
+        state = self._state
+        if state in (_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED):
+            raise CancelledError()
+        if state != _base.FINISHED:
+            raise FuturesTimeoutError()
+        return self._exception
 
 
 def _open_latch(future: Future[Any]) -> None:
@@ -145,7 +159,7 @@ class AsyncResult(Job, Generic[T]):
         return self._error is None
 
     def wait(self, timeout: float | None = None) -> None:
-        _interruptible(self.scheduler, lambda: wait_in_slices(self._done.wait, timeout))
+        _interruptible(self.scheduler, lambda: self._done.wait(timeout))
 
     def get(self, timeout: float | None = None) -> T:
         self.wait(timeout)

@@ -60,20 +60,22 @@ def wait_in_slices(wait: Callable[[float | None], bool], timeout: float | None =
 class Latch:
     """A one-shot ``threading.Event`` (set once, never cleared) whose waits are one C call each.
 
-    A waiter takes the gate lock, which ``set`` releases, and hands it straight back for the next. Should
-    Ctrl-C land between a waiter's take and its hand-back, the gate stays taken, but the flag is already set:
-    a later wait returns at once, and one already asleep wakes at its next slice (every wait here sleeps in
-    slices, in every thread) and sees the flag.
+    Two gates, both released by ``set``. Other threads hand ``_gate`` on to each other (take it, give it
+    straight back) and sleep without waking: no signal handler runs in them, so nothing can stop a hand-back.
+    The main thread alone takes ``_main_gate``, in slices of ``MAIN_WAKE_S``, and keeps it: an interrupt that
+    lands between its take and its return then strands nobody, and its later waits see the flag first.
     """
 
-    __slots__ = ("_flag", "_gate", "_setting")
+    __slots__ = ("_flag", "_gate", "_main_gate", "_setting")
 
     def __init__(self, *, is_set: bool = False) -> None:
         self._flag = is_set
         self._gate = threading.Lock()
+        self._main_gate = threading.Lock()
         self._setting = threading.Lock()  # two threads may set at once (terminate and the supervisor)
         if not is_set:
             self._gate.acquire()
+            self._main_gate.acquire()
 
     def is_set(self) -> bool:
         return self._flag
@@ -83,6 +85,7 @@ class Latch:
             if not self._flag:
                 self._flag = True
                 self._gate.release()
+                self._main_gate.release()
 
     def wait(self, timeout: float | None = None) -> bool:
         """``Event.wait``: whether the latch is set, waiting at most ``timeout`` seconds (None: for ever)."""
@@ -93,14 +96,12 @@ class Latch:
                 raise OverflowError("timeout value is too large")
             if not timeout > 0:  # zero, negative or NaN: a look, as Event.wait
                 return self._flag
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else deadline - time.monotonic()
-            step = MAIN_WAKE_S if left is None else min(left, MAIN_WAKE_S)
-            if step > 0 and self._gate.acquire(timeout=step):
-                self._gate.release()
-                return True
-            if self._flag:
-                return True
-            if left is not None and left <= step:
-                return False
+        if threading.current_thread() is threading.main_thread():
+            return wait_in_slices(self._take_main_gate, timeout)
+        if self._gate.acquire(timeout=-1 if timeout is None else timeout):
+            self._gate.release()
+            return True
+        return self._flag
+
+    def _take_main_gate(self, timeout: float | None) -> bool:
+        return self._main_gate.acquire(timeout=-1 if timeout is None else timeout)
