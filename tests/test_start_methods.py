@@ -103,3 +103,32 @@ def test_drop_in_script_with_only_the_import_changed(tmp_path: Path) -> None:
         assert run.returncode == 0, run.stderr
         outputs.append(run.stdout)
     assert outputs[0] == outputs[1]
+
+
+FLAGS_SCRIPT = """
+import sys
+import manycore
+
+def flags(_):
+    return sys.flags.optimize, sys.flags.dont_write_bytecode, sys.warnoptions
+
+if __name__ == "__main__":
+    with manycore.Pool(1, start_method=sys.argv[1]) as pool:
+        print(pool.map(flags, [0]) == [flags(0)], pool.map(flags, [0]))
+"""
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn", "fork"])
+def test_workers_run_with_the_interpreters_flags(tmp_path: Path, start_method: str) -> None:
+    # As multiprocessing: a program run with -O (asserts off) or -W error gets workers that run the same
+    # way; the fork server and spawned workers are fresh interpreters and got neither.
+    script = tmp_path / "flags.py"
+    script.write_text(FLAGS_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, "-O", "-B", "-W", "error", "-W", "ignore::ImportWarning", str(script), start_method],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("True "), done.stdout

@@ -44,6 +44,13 @@ def _clean_path(path: list[str]) -> str:
     return f"import sys; sys.path[:] = {path!r}; "
 
 
+def _interpreter_args() -> list[str]:
+    """The running interpreter and the options it was started with (``-O``, ``-W error``, ``-X dev``...), for
+    the fresh interpreters started here, as ``multiprocessing`` gives its spawned and fork-server processes:
+    the standard library's own ``subprocess._args_from_interpreter_flags``."""
+    return [sys.executable, *subprocess._args_from_interpreter_flags()]  # type: ignore[attr-defined]
+
+
 # Held while manycore forks a worker from the user's process, while it starts an interpreter (a fork server or
 # a spawned worker) with subprocess, and while a pool makes a worker's descriptors until it has recorded them
 # (``Scheduler._start_worker_locked``). A worker forked by one pool's supervisor copies whatever descriptors the
@@ -163,7 +170,7 @@ class SpawnLauncher(Launcher):
         )
         with _LAUNCH_LOCK:
             proc = subprocess.Popen(
-                [sys.executable, "-c", code], pass_fds=(child.fileno(), status_fd), env=self._env
+                [*_interpreter_args(), "-c", code], pass_fds=(child.fileno(), status_fd), env=self._env
             )
         self._procs[proc.pid] = proc
         return proc.pid
@@ -185,7 +192,7 @@ def _exec_server(ctrl_fd: int, env: dict[str, str], preload: list[str]) -> subpr
         f"main(int(sys.argv[1]), sys.path[:], {preload!r}); os._exit(0)"
     )
     return subprocess.Popen(
-        [sys.executable, "-c", code, str(ctrl_fd)],
+        [*_interpreter_args(), "-c", code, str(ctrl_fd)],
         env={**os.environ, **env},
         pass_fds=(ctrl_fd,),
         stdin=subprocess.DEVNULL,
