@@ -132,3 +132,15 @@ def test_workers_run_with_the_interpreters_flags(tmp_path: Path, start_method: s
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("True "), done.stdout
+
+
+def test_a_main_function_pickles_under_python_bb(tmp_path: Path) -> None:
+    # Found by review: the pickler looked for a str among a code object's arguments with ``in``, comparing it
+    # with bytes: under -bb that comparison raises BytesWarning, and every call of a __main__ function failed.
+    script = tmp_path / "flags.py"
+    script.write_text(FLAGS_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, "-bb", str(script), "forkserver"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("True "), done.stdout

@@ -12,6 +12,8 @@ import pytest
 import manycore
 from manycore._waiting import Latch
 
+from proc_helpers import python_output
+
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -93,3 +95,96 @@ def test_other_threads_sleep_without_waking_while_they_wait() -> None:
         result.get(10)
         for t in waiters:
             t.join(10)
+
+
+@pytest.mark.parametrize("how", ["get", "future"])
+def test_a_signal_handler_waiting_on_the_same_result_does_not_strand_the_outer_wait(how: str) -> None:
+    # Found by review: the handler's wait took the main thread's gate, and the interrupted wait, which only
+    # tried the gate again, slept for ever.
+    out = python_output(
+        """
+import signal, sys, time
+import manycore
+if sys.argv[1] == "future":
+    pool = manycore.Executor(1, backend="thread")
+    get = pool.submit(time.sleep, 0.5).result
+else:
+    pool = manycore.Pool(1, backend="thread")
+    get = pool.apply_async(time.sleep, (0.5,)).get
+signal.signal(signal.SIGALRM, lambda *_: print("handler", get(), flush=True))
+signal.setitimer(signal.ITIMER_REAL, 0.1)
+started = time.monotonic()
+print("outer", get(), time.monotonic() - started < 5)
+""",
+        how,
+        timeout=30,
+    )
+    assert out.split() == ["handler", "None", "outer", "None", "True"]
+
+
+def test_a_future_cancelled_before_its_callbacks_ran_reports_it_at_once() -> None:
+    # Found by review: Ctrl-C inside cancel() after the state changed and before the done-callbacks ran left
+    # the latch unset, and result() in the main thread waited for it instead of reading the state.
+    out = python_output(
+        """
+import signal, time
+from concurrent.futures import CancelledError
+from manycore._results import _Future
+future = _Future()
+notify = future._condition.notify_all
+def notify_then_interrupt():
+    notify()
+    signal.raise_signal(signal.SIGINT)
+future._condition.notify_all = notify_then_interrupt
+try:
+    future.cancel()
+except KeyboardInterrupt:
+    pass
+started = time.monotonic()
+try:
+    future.result(timeout=10)
+except CancelledError:
+    print("cancelled", time.monotonic() - started < 1)
+""",
+        timeout=30,
+    )
+    assert out.split() == ["cancelled", "True"]
+
+
+def test_a_future_outcome_matches_the_standard_one_even_for_a_falsy_exception() -> None:
+    from concurrent.futures import Future
+
+    from manycore._results import _Future
+
+    class Falsy(Exception):
+        def __len__(self) -> int:
+            return 0
+
+    ours: Future[int] = _Future()
+    theirs: Future[int] = Future()
+    for future in (ours, theirs):
+        future.set_exception(Falsy())
+    assert ours.result(0) is None and theirs.result(0) is None  # the standard library tests its truth
+    assert isinstance(ours.exception(0), Falsy) and isinstance(theirs.exception(0), Falsy)
+
+
+def test_a_timeout_kept_by_the_caller_does_not_keep_the_future() -> None:
+    import gc
+    import weakref
+    from concurrent.futures import TimeoutError as FuturesTimeout
+
+    from manycore._results import _Future
+
+    future: _Future[int] = _Future()
+    ref = weakref.ref(future)
+    gc.disable()
+    try:
+        try:
+            future.result(timeout=0.01)
+        except FuturesTimeout as exc:
+            kept = exc
+        del future
+        assert ref() is None, "the TimeoutError's traceback keeps the future alive"
+        del kept
+    finally:
+        gc.enable()

@@ -98,7 +98,7 @@ class _Future(Future[T]):
         error = None
         try:
             error = self._outcome(timeout)
-            if error is not None:
+            if error:  # as the standard library, which tests the exception's truth
                 raise error
             return self._result  # type: ignore[return-value]  # typeshed: T | None; None only before set
         finally:
@@ -110,17 +110,31 @@ class _Future(Future[T]):
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if not slices(timeout):
             return super().exception(timeout)
-        return self._outcome(timeout)
+        try:
+            return self._outcome(timeout)
+        finally:
+            self = None  # type: ignore[assignment]
 
     def _outcome(self, timeout: float | None) -> BaseException | None:
         """Wait until finished, as ``result`` does; the exception, or None for a result."""
-        self._finished.wait(timeout)
-        state = self._state
-        if state in (_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED):
-            raise CancelledError()
-        if state != _base.FINISHED:
-            raise FuturesTimeoutError()
-        return self._exception
+        try:
+            wait_in_slices(self._done_or_latch, timeout)
+            state = self._state
+            if state in (_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED):
+                raise CancelledError()
+            if state != _base.FINISHED:
+                raise FuturesTimeoutError()
+            return self._exception
+        finally:
+            self = None  # type: ignore[assignment]  # a kept TimeoutError must not keep the future
+
+    def _done_or_latch(self, timeout: float | None) -> bool:
+        # The state first: an interrupt in the main thread's own cancel() or set_result() after the state
+        # changed and before the done-callbacks ran leaves the latch unset for good.
+        return self._state in _DONE or self._finished.wait(timeout)
+
+
+_DONE = (_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED, _base.FINISHED)
 
 
 def _open_latch(future: Future[Any]) -> None:

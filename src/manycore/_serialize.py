@@ -67,10 +67,9 @@ def _pickler() -> Any:
             constructor, args = code_reduce(code)
             # co_filename is the first str among the arguments (after ints, bytes and tuples), whatever the
             # Python version's argument order.
-            if "<dynamic-code>" in args:
-                args = list(args)
-                args[args.index("<dynamic-code>")] = code.co_filename
-            return constructor, tuple(args)
+            # Compared as str only: ``"..." == b"..."`` warns under ``python -b`` and raises under ``-bb``.
+            args = tuple(code.co_filename if type(a) is str and a == "<dynamic-code>" else a for a in args)
+            return constructor, args
 
         table = cloudpickle.Pickler.dispatch_table
         if code_reduce is not None:

@@ -104,4 +104,5 @@ class Latch:
         return self._flag
 
     def _take_main_gate(self, timeout: float | None) -> bool:
-        return self._main_gate.acquire(timeout=-1 if timeout is None else timeout)
+        # The flag first: a wait nested in a signal handler (on the same latch) may have taken the gate.
+        return self._flag or self._main_gate.acquire(timeout=-1 if timeout is None else timeout)
