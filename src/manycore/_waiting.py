@@ -11,7 +11,7 @@ Two facts of CPython shape every wait a caller's thread makes here:
   it, or between ``Condition.wait`` releasing its lock and the ``try`` that restores it. Measured with SIGINT
   sent from another process every 0-0.3 ms: an interrupted ``with condition:`` left the lock held 1 time in 3,
   ``Event.wait`` 1 in 1,000, and ``with lock: condition.wait()`` raised ``RuntimeError`` (a release of a lock
-  not held) 1 in 400, on 3.10, 3.11 and 3.13 alike. A held lock then hangs the supervisor thread that next
+  not held) about 1 in 500, on 3.10, 3.11 and 3.13 alike. A held lock then hangs the supervisor thread that next
   takes it, and ``terminate()`` with it (seen in the soak run). ``with`` on a C lock and one ``acquire`` call
   are safe. So the main thread waits only through those: ``Latch`` for one-shot events, and a waiter lock of
   its own where it waits on a condition (``_imap``).
