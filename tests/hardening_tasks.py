@@ -105,3 +105,7 @@ def forge_ready_once(marker: str, victim_pid: int) -> None:
         sock.sendall(HEADER.pack(READY, 0, victim_pid, 0, 0))
     finally:
         sock.close()
+    # Wait here to be killed for the forgery. Going on, this worker could start the item already sent to it
+    # before the parent read the forged message (seen once on a loaded CI machine), and that item would then
+    # fail as at-most-once requires, instead of running again elsewhere.
+    time.sleep(30)
