@@ -52,9 +52,7 @@ def test_set_wakes_every_waiter_main_and_others() -> None:
     for t in waiters:
         t.start()
     threading.Timer(0.2, latch.set).start()
-    started = time.monotonic()
     assert latch.wait(10) is True
-    assert time.monotonic() - started < 5
     for t in waiters:
         t.join(10)
     assert woke == [True] * 20
@@ -124,13 +122,12 @@ else:
     get = pool.apply_async(time.sleep, (0.5,)).get
 signal.signal(signal.SIGALRM, lambda *_: print("handler", get(), flush=True))
 signal.setitimer(signal.ITIMER_REAL, 0.1)
-started = time.monotonic()
-print("outer", get(), time.monotonic() - started < 5)
+print("outer", get())  # before the fix: asleep for ever, past the subprocess's timeout
 """,
         how,
         timeout=30,
     )
-    assert out.split() == ["handler", "None", "outer", "None", "True"]
+    assert out.split() == ["handler", "None", "outer", "None"]
 
 
 def test_a_future_cancelled_before_its_callbacks_ran_reports_it_at_once() -> None:
@@ -151,15 +148,14 @@ try:
     future.cancel()
 except KeyboardInterrupt:
     pass
-started = time.monotonic()
 try:
-    future.result(timeout=10)
+    future.result()  # before the fix: asleep for ever, past the subprocess's timeout
 except CancelledError:
-    print("cancelled", time.monotonic() - started < 1)
+    print("cancelled")
 """,
         timeout=30,
     )
-    assert out.split() == ["cancelled", "True"]
+    assert out.split() == ["cancelled"]
 
 
 def test_a_future_outcome_matches_the_standard_one_even_for_a_falsy_exception() -> None:

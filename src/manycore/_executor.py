@@ -22,7 +22,6 @@ from ._jobs import SchedulerBase, flush_std_streams
 from ._options import CallOptions, Chunksize, PoolOptions
 from ._results import FutureJob
 from ._shm import DEFAULT_THRESHOLD
-from ._waiting import wait_in_slices
 from .backends import Backend, resolve
 from .errors import PoolClosedError, for_futures
 
@@ -176,7 +175,7 @@ class Executor(concurrent.futures.Executor):
         _open.pop(self._scheduler, None)
         if wait:
             try:
-                wait_in_slices(self._scheduler.join)
+                self._scheduler.join()  # a Latch: the main thread's wait wakes for Ctrl-C
             except KeyboardInterrupt:
                 self._scheduler.terminate()
                 raise

@@ -22,7 +22,6 @@ from ._jobs import SchedulerBase, State, flush_std_streams
 from ._options import CallOptions, Chunksize, PoolOptions
 from ._results import ApplyResult, AsyncResult, Call, MapResult, _interruptible
 from ._shm import DEFAULT_THRESHOLD
-from ._waiting import wait_in_slices
 from .backends import Backend, resolve
 from .errors import PoolClosedError
 
@@ -133,7 +132,7 @@ class Pool:
         if self._scheduler.state is State.RUNNING:
             raise ValueError("Pool is still running: call close() or terminate() before join()")
         try:
-            wait_in_slices(self._scheduler.join)
+            self._scheduler.join()  # a Latch: the main thread's wait wakes for Ctrl-C
         except KeyboardInterrupt:
             self._scheduler.terminate()
             raise
