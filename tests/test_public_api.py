@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import manycore
 
 
@@ -63,6 +65,58 @@ def test_fork_server_starts_before_cloudpickle_is_imported() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["[False]", "3", "False", "4", "True"]
+
+
+@pytest.mark.parametrize("face", ["Pool(2)", "Executor(2)"])
+def test_fork_server_boots_while_the_scheduler_is_imported(face: str) -> None:
+    # The lookup of Pool/Executor imports the options and the backend registry only; the call starts the fork
+    # server, then imports the scheduler and the result objects (W6: ~15 ms each, side by side). Recorded when
+    # the server's interpreter is launched. On the commit before, every one of these was imported already.
+    code = (
+        "import subprocess, sys, manycore\n"
+        "HEAVY = ('manycore._process._supervisor', 'manycore._results', 'manycore._imap', "
+        "'concurrent.futures.process', 'manycore.errors')\n"
+        "_ = (manycore.Pool, manycore.Executor)\n"
+        "print(sorted(m for m in HEAVY if m in sys.modules))\n"
+        "seen = []\n"
+        "popen_init = subprocess.Popen.__init__\n"
+        "def record(self, *args, **kwargs):\n"
+        "    seen.append(sorted(m for m in HEAVY if m in sys.modules))\n"
+        "    popen_init(self, *args, **kwargs)\n"
+        "subprocess.Popen.__init__ = record\n"
+        f"with manycore.{face} as pool:\n"
+        "    print(seen, sorted(m for m in HEAVY if m in sys.modules) == sorted(HEAVY))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["[]", "[[]] True"]
+
+
+def test_an_interrupted_first_pool_leaves_no_fork_server() -> None:
+    # Ctrl-C while the first Pool() imports the scheduler, after it has started its fork server: the server
+    # is closed, and the next Pool() works. The interrupt is raised by an import hook at the import of
+    # manycore._results (a real KeyboardInterrupt in the constructor, at the point the user would press it).
+    code = (
+        "import os, sys, time, psutil, manycore\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'manycore._results':\n"
+        "            sys.meta_path.remove(self)\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "try:\n"
+        "    manycore.Pool(2)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted')\n"
+        "deadline = time.monotonic() + 10\n"
+        "while psutil.Process().children(recursive=True) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "print(psutil.Process().children(recursive=True))\n"
+        "with manycore.Pool(2) as pool:\n"
+        "    print(pool.map(abs, [-1, -2]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["interrupted", "[]", "[1, 2]"]
 
 
 def test_package_is_typed() -> None:

@@ -35,6 +35,7 @@ from .errors import PoolClosedError, WorkerLostError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from ._launch import Launcher
     from ._options import PoolOptions
 
 DEPTH = 2
@@ -74,8 +75,8 @@ class Engine(Backend):
     # fewer of them beats the finely split tail that absorbs imbalance locally.
     chunk_rounds = True
 
-    def scheduler(self, options: PoolOptions) -> EngineScheduler:
-        return EngineScheduler(self)
+    def scheduler(self, options: PoolOptions, prelaunched: Launcher | None = None) -> EngineScheduler:
+        return EngineScheduler(self)  # an engine prelaunches nothing (Backend.prelaunch)
 
     def start(self) -> None:
         """Connect or start; called once by the scheduler."""

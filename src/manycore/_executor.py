@@ -17,13 +17,25 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from . import _options as opt
-from ._imap import IMapIterator
-from ._jobs import SchedulerBase, flush_std_streams
 from ._options import CallOptions, Chunksize, PoolOptions
-from ._results import FutureJob
 from ._shm import DEFAULT_THRESHOLD
-from .backends import Backend, resolve
-from .errors import PoolClosedError, for_futures
+from .backends import Backend, build_scheduler, resolve
+
+# Imported by the first Executor() while its fork server boots, as Pool does (see _pool).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._imap import IMapIterator
+    from ._jobs import SchedulerBase
+    from ._results import FutureJob
+    from .errors import PoolClosedError, for_futures
+
+
+def _import_machinery() -> None:
+    global IMapIterator, FutureJob, PoolClosedError, for_futures
+    from ._imap import IMapIterator
+    from ._results import FutureJob
+    from .errors import PoolClosedError, for_futures
+
 
 R = TypeVar("R")
 
@@ -102,8 +114,7 @@ class Executor(concurrent.futures.Executor):
         )
         self._defaults = options.defaults
         self._backend: Backend = resolve(options)
-        flush_std_streams()
-        self._scheduler: SchedulerBase = self._backend.scheduler(options)
+        self._scheduler: SchedulerBase = build_scheduler(self._backend, options, _import_machinery)
         _open[self._scheduler] = os.getpid()
 
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[R]:

@@ -16,14 +16,29 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from . import _options as opt
-from ._broadcast import Broadcast
-from ._imap import IMapIterator
-from ._jobs import SchedulerBase, State, flush_std_streams
 from ._options import CallOptions, Chunksize, PoolOptions
-from ._results import ApplyResult, AsyncResult, Call, MapResult, _interruptible
 from ._shm import DEFAULT_THRESHOLD
-from .backends import Backend, resolve
-from .errors import PoolClosedError
+from .backends import Backend, build_scheduler, resolve
+
+# What a running pool needs, imported by the first Pool() once its fork server has begun to boot: the two take
+# ~15 ms each, side by side instead of one after the other (W6). Looking ``manycore.Pool`` up imports only the
+# options and the backend registry; nothing here runs before ``Pool.__init__`` has called ``_import_machinery``.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._broadcast import Broadcast
+    from ._imap import IMapIterator
+    from ._jobs import SchedulerBase, State
+    from ._results import ApplyResult, AsyncResult, Call, MapResult, _interruptible
+    from .errors import PoolClosedError
+
+
+def _import_machinery() -> None:
+    global IMapIterator, State, ApplyResult, AsyncResult, Call, MapResult, _interruptible, PoolClosedError
+    from ._imap import IMapIterator
+    from ._jobs import State
+    from ._results import ApplyResult, AsyncResult, Call, MapResult, _interruptible
+    from .errors import PoolClosedError
+
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -111,8 +126,7 @@ class Pool:
         self._stopped = False  # close() or terminate() called: the pool is not "unclosed" when collected
         self._options = options
         self._backend: Backend = resolve(options)
-        flush_std_streams()
-        self._scheduler: SchedulerBase = self._backend.scheduler(options)
+        self._scheduler: SchedulerBase = build_scheduler(self._backend, options, _import_machinery)
         self._processes = self._scheduler.processes
 
     # ---- lifecycle -------------------------------------------------------------------------------------------

@@ -76,6 +76,7 @@ class Scheduler(Reading, Sending, WorkerLifecycle):
         zero_copy_threshold: int | None = _shm.DEFAULT_THRESHOLD,
         worker_env: dict[str, str] | None = None,
         start_method_chosen: bool = True,
+        launcher: Launcher | None = None,
     ) -> None:
         super().__init__(processes)
         self.owner_pid = os.getpid()  # a child of os.fork() holds a copy of this object: see _forked_away
@@ -94,7 +95,7 @@ class Scheduler(Reading, Sending, WorkerLifecycle):
         self._watch_writes = True
         self._crash = False  # the supervisor failed (_crashed): stop the workers without waiting for them
         rest = (max_tasks_per_worker or 0, max_memory_per_worker or 0, zero_copy_threshold, worker_env or {})
-        self._init_launcher(initializer, initargs, rest, worker_env, start_method_chosen)
+        self._init_launcher(initializer, initargs, rest, worker_env, start_method_chosen, launcher)
         self._init_polling()
         _live.add(self)
         if isinstance(self._launcher, ForkLauncher):
@@ -108,11 +109,13 @@ class Scheduler(Reading, Sending, WorkerLifecycle):
         rest: tuple[int, int, int | None, dict[str, str]],
         worker_env: dict[str, str] | None,
         start_method_chosen: bool,
+        launcher: Launcher | None,
     ) -> None:
         start_method = self.start_method
         # The launcher first: a fork server boots while this thread imports cloudpickle and pickles the
-        # initializer (W6: the two overlap on separate cores).
-        self._launcher: Launcher = make_launcher(start_method, worker_env)
+        # initializer (W6: the two overlap on separate cores). Pool() may have started it already, before
+        # importing this module, for the same reason (Backend.prelaunch).
+        self._launcher: Launcher = launcher or make_launcher(start_method, worker_env)
         try:
             try:
                 self._init_blob, self._init_fds = _initdata.pack(initializer, initargs, rest, start_method)

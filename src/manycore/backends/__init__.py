@@ -26,9 +26,11 @@ from ._base import Backend, Capabilities
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from .._engine import Engine as Engine
+    from .._jobs import SchedulerBase
     from .._options import PoolOptions
     from .dask import Dask as Dask
     from .process import Process as Process
@@ -119,3 +121,21 @@ def resolve(options: PoolOptions) -> Backend:
     cls = backend_class(given)
     cls.capabilities.check(options, cls.name)
     return cls.from_options(options)
+
+
+def build_scheduler(backend: Backend, options: PoolOptions, meanwhile: Callable[[], None]) -> SchedulerBase:
+    """The pool's scheduler, with ``meanwhile()`` (the public face's own imports) run while what the backend
+    prelaunches boots: a fork server takes ~15 ms to start, and so do the imports (W6)."""
+    prelaunched = backend.prelaunch(options)
+    try:
+        meanwhile()
+        from .._jobs import flush_std_streams
+
+        flush_std_streams()  # what the program printed must not be printed again by a forked worker
+        if prelaunched is None:  # a registered backend's scheduler() may take the options alone
+            return backend.scheduler(options)
+        return backend.scheduler(options, prelaunched)
+    except BaseException:
+        if prelaunched is not None:
+            prelaunched.close()  # harmless when the scheduler has closed it already
+        raise

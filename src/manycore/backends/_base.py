@@ -10,6 +10,7 @@ from typing import ClassVar
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .._jobs import SchedulerBase
+    from .._launch import Launcher
     from .._options import CallOptions, PoolOptions
 
 
@@ -106,6 +107,16 @@ class Backend:
         """The backend a name stands for, made from the pool's options."""
         return cls()
 
-    def scheduler(self, options: PoolOptions) -> SchedulerBase:
-        """The scheduler that runs the pool's jobs here; called once, when the pool is built."""
+    def prelaunch(self, options: PoolOptions) -> Launcher | None:
+        """Start now what boots in another process (the process backend's fork server), or return None.
+
+        ``Pool()`` calls it before importing the scheduler, so that the two take their time side by side; it
+        then passes what this returns to ``scheduler``, which owns it from then on (the pool closes it only if
+        ``scheduler`` is never reached). Backends that start nothing keep this default.
+        """
+        return None
+
+    def scheduler(self, options: PoolOptions, prelaunched: Launcher | None = None) -> SchedulerBase:
+        """The scheduler that runs the pool's jobs here; called once, when the pool is built, with what
+        ``prelaunch`` returned (only when that was not None)."""
         raise NotImplementedError
