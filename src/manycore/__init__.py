@@ -5,6 +5,7 @@ General layout (data flows one way, top to bottom):
 - public API: ``_pool.Pool`` (multiprocessing.Pool's interface), ``_executor.Executor`` (a
   concurrent.futures.Executor), ``_api.map``/``_api.imap`` (one call, no pool to manage);
   ``_results`` and ``_imap`` hold the objects they return; ``_options`` the options they take, validated;
+  ``_resume`` runs a map with ``journal=`` over the pool's imap, ``_journal`` is its SQLite file;
 - backends: ``backends`` (a registry: ``process``, ``thread``, ``dask``, ``ray``, each with its capabilities);
 - scheduler: ``_process`` (manycore's worker processes: assignment, the supervisor thread, one module per
   responsibility), ``_recovery`` (what becomes of a lost chunk), ``_chunking`` (automatic chunk sizes);

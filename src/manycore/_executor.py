@@ -152,6 +152,20 @@ class Executor(concurrent.futures.Executor):
         Keyword options: ``on_error``, ``retries``, ``task_timeout`` (see ``Pool.map``).
         """
         opt.function(fn, "fn")
+        if "journal" in options or "retry_failed" in options:
+            return self._journaled(fn, iterables, timeout, chunksize, buffersize, options)
+        return self._map_rows(fn, zip(*iterables), timeout, chunksize, buffersize, options)
+
+    def _map_rows(
+        self,
+        fn: Callable[..., R],
+        rows: Iterable[Any],
+        timeout: float | None,
+        chunksize: Chunksize,
+        buffersize: int | None,
+        options: dict[str, Any],
+    ) -> Iterator[R]:
+        """``map`` over rows of arguments (the iterables zipped)."""
         if buffersize is not None and (isinstance(buffersize, bool) or not isinstance(buffersize, int)):
             raise TypeError("buffersize must be an integer or None")
         if buffersize is not None and buffersize < 1:
@@ -164,7 +178,7 @@ class Executor(concurrent.futures.Executor):
         it: IMapIterator[R] = IMapIterator(
             self._scheduler,
             fn,
-            zip(*iterables),
+            rows,
             call,
             star=True,
             ordered=True,
@@ -176,6 +190,32 @@ class Executor(concurrent.futures.Executor):
             raise RuntimeError("cannot schedule new futures after shutdown") from None
         it.start()
         return _results_until(it, deadline)
+
+    def _journaled(
+        self,
+        fn: Callable[..., R],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: Chunksize,
+        buffersize: int | None,
+        options: dict[str, Any],
+    ) -> Iterator[R]:
+        """``map`` resuming from its journal (``journal=``, see ``manycore._resume``)."""
+        from . import _resume
+
+        options = dict(options)
+        path, retry_failed = _resume.take_options(options)
+        assert path is not None
+        on_error = self._defaults.merge(options, _MAP_OPTIONS).on_error
+        inner = {**options, "on_error": "return"}
+
+        def open_imap(wrapped: Callable[..., Any], rows: Iterable[Any]) -> Iterator[Any]:
+            return self._map_rows(wrapped, rows, timeout, chunksize, buffersize, inner)
+
+        # Executor.map spreads zipped iterables into arguments: a journaled run does the same (star).
+        return _resume.run(
+            fn, zip(*iterables), path, open_imap, star=True, on_error=on_error, retry_failed=retry_failed
+        )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         if cancel_futures:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from . import _options as opt
 from ._options import CallOptions, Chunksize, PoolOptions
@@ -42,6 +42,14 @@ def _import_machinery() -> None:
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def _no_journal(options: dict[str, Any], method: str) -> None:
+    if "journal" in options or "retry_failed" in options:
+        raise TypeError(
+            f"{method} cannot take journal=: a journaled call returns its results as they are read back;"
+            " use map, starmap, imap, imap_unordered or istarmap"
+        )
 
 
 def _as_sequence(iterable: Iterable[Any]) -> Sequence[Any]:
@@ -276,6 +284,32 @@ class Pool:
             self._scheduler.submit(result)
         return result
 
+    def _journaled(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        star: bool,
+        chunksize: object,
+        options: dict[str, Any],
+    ) -> Iterator[Any]:
+        """A map that resumes from its journal (``journal=``): see ``_resume``. Always in input order."""
+        from . import _resume
+
+        self._check_running()
+        opt.function(func)
+        options = dict(options)
+        path, retry_failed = _resume.take_options(options)
+        assert path is not None
+        on_error = self._call_options(chunksize, options).on_error
+        inner = {**options, "on_error": "return"}
+
+        def open_imap(fn: Callable[..., Any], items: Iterable[Any]) -> Iterator[Any]:
+            return self._imap(fn, items, chunksize, True, star, inner)
+
+        return _resume.run(
+            func, iterable, path, open_imap, star=star, on_error=on_error, retry_failed=retry_failed
+        )
+
     def _call_options(self, chunksize: object, overrides: dict[str, Any]) -> CallOptions:
         """The pool's defaults with this call's options; what the backend cannot honour is refused."""
         call = self._options.defaults.merge({"chunksize": chunksize, **overrides})
@@ -295,8 +329,14 @@ class Pool:
         Keyword options: ``progress`` (True: a tqdm bar on a terminal; "always": even when not a terminal),
         ``on_error`` ("raise": the first failing item's exception; "return": failed items come back as their
         exception objects), ``retries`` (re-run an item whose worker died or timed out, up to N times),
-        ``task_timeout`` (seconds per item; an overrunning item's worker is killed and replaced).
+        ``task_timeout`` (seconds per item; an overrunning item's worker is killed and replaced), ``journal``
+        (a path: an SQLite file recording each finished item, so that the same call run again, after a crash or
+        Ctrl-C, computes only what is missing; also on ``starmap``, ``imap``, ``imap_unordered``, ``istarmap``,
+        where results then come in input order; see ``docs/journal.md``), ``retry_failed`` (with a journal: run
+        the items that failed last time again, instead of returning their recorded errors).
         """
+        if "journal" in options or "retry_failed" in options:
+            return list(self._journaled(func, iterable, False, chunksize, options))
         return self._map_async(func, iterable, False, chunksize, None, None, options).get()
 
     def map_async(
@@ -309,6 +349,7 @@ class Pool:
         **options: Any,
     ) -> AsyncResult[list[R]]:
         """``map`` that returns an ``AsyncResult`` at once."""
+        _no_journal(options, "map_async")
         return self._map_async(func, iterable, False, chunksize, callback, error_callback, options)
 
     def starmap(
@@ -319,6 +360,8 @@ class Pool:
         **options: Any,
     ) -> list[R]:
         """Like ``map`` but each item is unpacked: ``func(*item)``."""
+        if "journal" in options or "retry_failed" in options:
+            return list(self._journaled(func, iterable, True, chunksize, options))
         return self._map_async(func, iterable, True, chunksize, None, None, options).get()
 
     def starmap_async(
@@ -331,6 +374,7 @@ class Pool:
         **options: Any,
     ) -> AsyncResult[list[R]]:
         """``starmap`` that returns an ``AsyncResult`` at once."""
+        _no_journal(options, "starmap_async")
         return self._map_async(func, iterable, True, chunksize, callback, error_callback, options)
 
     def _imap(
@@ -342,6 +386,9 @@ class Pool:
         star: bool,
         options: dict[str, Any],
     ) -> IMapIterator[Any]:
+        if "journal" in options or "retry_failed" in options:
+            # A Resumed has IMapIterator's public methods (next, close, iteration): see _resume.
+            return cast("IMapIterator[Any]", self._journaled(func, iterable, star, chunksize, options))
         self._check_running()
         opt.function(func)
         call = self._call_options(chunksize, options)

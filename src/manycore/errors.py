@@ -9,7 +9,8 @@ The hierarchy::
      │                           there: the pickling error's own type, or BrokenProcessPool; see ``like``)
      ├── InitializerError       (also BrokenProcessPool: no worker can start)
      ├── PoolBrokenError        (also BrokenProcessPool: the pool's supervisor failed; the cause is attached)
-     └── PoolClosedError        (also ValueError, as multiprocessing.Pool raises after close())
+     ├── PoolClosedError        (also ValueError, as multiprocessing.Pool raises after close())
+     └── JournalError           (also ValueError: a journal= file this run cannot use, and why)
 
     RemoteTraceback             multiprocessing.pool.RemoteTraceback: the worker-side traceback, attached as
                                 ``__cause__`` of a task's exception (futures get concurrent.futures's own)
@@ -26,6 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
     "InitializerError",
+    "JournalError",
     "ManycoreError",
     "PoolBrokenError",
     "PoolClosedError",
@@ -182,6 +184,11 @@ class PoolBrokenError(ManycoreError, BrokenProcessPool):
 
 class PoolClosedError(ManycoreError, ValueError):
     """The pool was closed or terminated and takes no new work (a ``ValueError``, like ``multiprocessing``)."""
+
+
+class JournalError(ManycoreError, ValueError):
+    """A ``journal=`` file this run cannot use: written by another function or over other input, not a manycore
+    journal, in use by another running map, or not writable. The message says what differs and what to do."""
 
 
 def _rebuild(cls: type[BaseException], args: tuple[object, ...], state: dict[str, object]) -> BaseException:

@@ -1,0 +1,48 @@
+"""Tasks for the journal tests: each call appends its item to the file named by ``MANYCORE_TEST_CALLS``, so a
+test can tell which items ran in which run (one ``write`` per line, with ``O_APPEND``: lines never mix)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+CALLS = "MANYCORE_TEST_CALLS"
+
+
+def _record(x: object) -> None:
+    fd = os.open(os.environ[CALLS], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{x}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def logged_square(x: int) -> int:
+    _record(x)
+    time.sleep(float(os.environ.get("MANYCORE_TEST_SLEEP", "0")))
+    return x * x
+
+
+def logged_fail_on_7(x: int) -> int:
+    _record(x)
+    if x % 10 == 7:
+        raise ValueError(f"item {x} is bad")
+    return x * x
+
+
+def logged_add(a: int, b: int) -> int:
+    _record(a)
+    return a + b
+
+
+def returns_exception(x: int) -> object:
+    return KeyError(x) if x == 2 else x
+
+
+def calls(path: str) -> list[int]:
+    """Items logged in ``path`` (a line cut short by SIGKILL is dropped)."""
+    try:
+        with open(path, encoding="ascii") as log:
+            return [int(line) for line in log.read().split("\n") if line.strip().lstrip("-").isdigit()]
+    except FileNotFoundError:
+        return []
