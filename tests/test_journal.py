@@ -194,7 +194,9 @@ def test_executor_map_and_the_one_call_helpers(tmp_path: Path, calls: Path) -> N
         manycore.imap(jt.logged_square, range(20), workers=2, ordered=False, journal=tmp_path / "m.db")
     )
     assert got == sorted(x * x for x in range(20))
-    assert sorted(jt.calls(str(calls))) == list(range(20))  # the executor's second run and the imap computed nothing
+    assert sorted(jt.calls(str(calls))) == list(
+        range(20)
+    )  # the executor's second run and the imap computed nothing
 
 
 @pytest.mark.parametrize("backend", ["thread", "dask"])
@@ -264,7 +266,11 @@ RUNNER = textwrap.dedent(
 
 
 def _start(script: str, db: Path, log: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, jt.CALLS: str(log), "MANYCORE_TEST_SLEEP": "0.0002"}  # 20,000 items: ~2 s on 2 workers
+    env = {
+        **os.environ,
+        jt.CALLS: str(log),
+        "MANYCORE_TEST_SLEEP": "0.0002",
+    }  # 20,000 items: ~2 s on 2 workers
     return subprocess.Popen(
         [sys.executable, "-c", script, str(db)],
         env=env,

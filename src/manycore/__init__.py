@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ._api import map as map
     from ._executor import Executor as Executor
     from ._imap import IMapIterator as IMapIterator
+    from ._journal import read_status as journal_status
     from ._pool import Pool as Pool
     from ._results import AsyncResult as AsyncResult
     from ._shm import shared_array as shared_array
@@ -57,6 +58,7 @@ __all__ = (
     "backends",
     "errors",
     "imap",
+    "journal_status",
     "map",
     "shared_array",
 )
@@ -73,6 +75,7 @@ _WHERE = {
     "backends": ".backends",
     "errors": ".errors",
     "imap": "._api",
+    "journal_status": "._journal",
     "map": "._api",
     "shared_array": "._shm",
 }
@@ -83,7 +86,8 @@ def __getattr__(name: str) -> Any:
     if where is None:
         raise AttributeError(f"module 'manycore' has no attribute {name!r}")
     module = importlib.import_module(where, __name__)
-    value = module if name in ("backends", "errors") else getattr(module, name)
+    attribute = "read_status" if name == "journal_status" else name
+    value = module if name in ("backends", "errors") else getattr(module, attribute)
     if name in ("AsyncResult", "Executor", "IMapIterator", "Pool", "imap", "map"):
         value.__module__ = "manycore"
     globals()[name] = value
