@@ -113,7 +113,7 @@ exit status:
 
 examples:
   manycore status run.db
-  manycore status run.db | grep -A3 '^item '
+  manycore run mypkg.features:extract inputs.jsonl --jsonl -o features.jsonl --journal run.db --retry-failed
 """
 
 
@@ -309,7 +309,7 @@ def _run(args: argparse.Namespace, fn: Callable[..., Any], inputs: list[str], ou
     results = _start(args, fn, inputs, where)
     try:
         for index, value in _outcomes(results, args.unordered):
-            line = report.line(index, value, where.pop(index))
+            line = report.line(index, value, where)
             if line is not None:
                 output.write(f"[{index}, {line}]" if args.unordered else line)
             elif report.stopped:
@@ -370,7 +370,7 @@ class _Report:
         self.failed = 0
         self.stopped = False
 
-    def line(self, index: int, value: Any, where: str) -> str | None:
+    def line(self, index: int, value: Any, where: Locations) -> str | None:
         self.items += 1
         if not isinstance(value, BaseException):
             try:
@@ -378,7 +378,7 @@ class _Report:
             except (TypeError, ValueError) as exc:
                 value = _unencodable(value, exc)
         self.failed += 1
-        _print_failure(index, where, value)
+        _print_failure(index, where.of(index), value)
         if self.on_error == "record":
             error = {"index": index, "type": type(value).__name__, "message": str(value)}
             return encode({"error": error})

@@ -1,17 +1,20 @@
 """What ``manycore run`` reads and writes: input items, where each came from, JSON lines out, the worker call.
 
 Everything here is lazy or bounded, so that a run over a 10-million-line input keeps a flat memory: the items
-are a generator that ``manycore.imap`` reads through its bounded window, and ``Locations`` keeps FILE:LINE only
-for the items in flight (added as the feeder reads an item, removed when its result is written).
+are a generator that ``manycore.imap`` reads through its bounded window, and ``Locations`` finds any item's
+FILE:LINE from a few numbers per file.
 """
 
 from __future__ import annotations
 
+import array
+import bisect
 import contextlib
 import csv
 import io
 import json
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -47,21 +50,42 @@ def check_inputs(paths: list[str]) -> None:
 
 
 class Locations:
-    """FILE:LINE of each item between the moment the input is read and the moment its outcome is written.
+    """FILE:LINE of every item, in memory that does not grow with the input.
 
-    The feeder thread of ``manycore.imap`` adds, the main thread pops: single dict operations, atomic under
-    the GIL. Bounded by manycore's window of items in flight, not by the input's length.
+    Storing a location per item in flight cost 220 MiB on a 2-million-line input (manycore reads far ahead
+    for tiny items). Instead: where each file starts (an item index), and an anchor (index, line) wherever the
+    line stops following from the previous item's (a file's first item, after a skipped blank line, after a
+    CSV record that spans lines): a handful per file. The feeder thread of ``manycore.imap`` appends, the main
+    thread looks up; each is a single operation on an ``array``, atomic under the GIL.
     """
 
     def __init__(self) -> None:
-        self._where: dict[int, tuple[str, int]] = {}
+        self._starts = array.array("q")  # the first item index of each file
+        self._names: list[str] = []
+        self._at = array.array("q")  # anchors: the item index...
+        self._lines = array.array("q")  # ...and its line
+        self._expect = -1  # the line the next item has if it follows on
 
-    def add(self, index: int, name: str, line: int) -> None:
-        self._where[index] = (name, line)
+    def file(self, index: int, name: str) -> None:
+        """A new input file starts at item ``index`` (a name is appended before its first anchor)."""
+        self._names.append(name)
+        self._starts.append(index)
+        self._expect = -1
 
-    def pop(self, index: int) -> str:
-        name, line = self._where.pop(index, ("?", 0))
-        return f"{name}:{line}"
+    def add(self, index: int, line: int) -> None:
+        """Item ``index`` is at ``line`` of the current file."""
+        if line != self._expect:
+            self._at.append(index)
+            self._lines.append(line)
+        self._expect = line + 1
+
+    def of(self, index: int) -> str:
+        """``FILE:LINE`` of item ``index`` (``?`` if unknown: an index that was never read)."""
+        k = bisect.bisect_right(self._at, index) - 1
+        f = bisect.bisect_right(self._starts, index) - 1
+        if index < 0 or k < 0 or f < 0:
+            return "?"
+        return f"{self._names[f]}:{self._lines[k] + index - self._at[k]}"
 
 
 def read_items(paths: list[str], fmt: str, star: bool, where: Locations) -> Iterator[Any]:
@@ -73,9 +97,10 @@ def read_items(paths: list[str], fmt: str, star: bool, where: Locations) -> Iter
     index = 0
     for path in paths:
         name = name_of(path)
+        where.file(index, name)
         rows = _csv_rows(path, name, star) if fmt == "csv" else _line_items(path, name, fmt, star)
         for line, value in rows:
-            where.add(index, name, line)
+            where.add(index, line)
             index += 1
             yield value
 
@@ -205,6 +230,14 @@ class Output:
     def _create(self, path: str) -> None:
         if os.path.isdir(path):
             raise UsageError(f"cannot write output {path!r}: it is a directory")
+        if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+            # /dev/null, a FIFO, a terminal: written to directly; renaming a file over it would replace it.
+            try:
+                self.stream = open(path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115 (closed in commit/discard)
+            except OSError as exc:
+                raise UsageError(f"cannot write output {path!r}: {exc.strerror or exc}") from None
+            self.path = None
+            return
         folder, base = os.path.split(os.path.abspath(path))
         try:
             fd, self._temp = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=".part")
@@ -232,6 +265,13 @@ class Output:
         self.stream.close()
         os.replace(self._temp, self.path)
         self._temp = None
+        # The rename itself survives a power cut only once the directory is synced too.
+        with contextlib.suppress(OSError):
+            folder = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
 
     def discard(self) -> None:
         """Drop a FILE output's temporary file (FILE itself is untouched); stdout is only flushed."""
