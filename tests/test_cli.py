@@ -426,3 +426,109 @@ def test_memory_stays_flat_on_a_long_input(work: Path) -> None:
     status, last, peak_kib = run.stdout.split()
     assert (status, last) == ("0", "7"), run.stderr
     assert int(peak_kib) < 150 * 1024, f"peak RSS {int(peak_kib) // 1024} MiB"
+
+
+# ---- journal and status ----------------------------------------------------------------------------------
+
+
+def test_status_of_a_missing_journal(work: Path) -> None:
+    run = cli(work, "status", "nope.db")
+    assert run.returncode == 2
+    assert "manycore status: no such journal: 'nope.db'" in run.stderr
+
+
+@needs_journal
+def test_files_that_are_not_journals_are_usage_errors(work: Path) -> None:
+    (work / "notes.txt").write_text("not a journal\n" * 100)
+    run = cli(work, "status", "notes.txt")
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("manycore status: ") and "Traceback" not in run.stderr
+    run = cli(work, "run", "clitasks:echo", "--journal", "notes.txt", stdin="a\n")
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("manycore run: ") and "Traceback" not in run.stderr
+    assert (work / "notes.txt").read_text() == "not a journal\n" * 100
+
+
+def _calls(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+@needs_journal
+def test_journal_rerun_computes_nothing_done(work: Path) -> None:
+    calls = work / "calls.txt"
+    env = {"CLI_CALLS": str(calls)}
+    data = "".join(f"{i}\n" for i in range(50))
+    first = cli(work, "run", "clitasks:counted", "--journal", "run.db", stdin=data, env=env)
+    assert first.returncode == 0, first.stderr
+    assert sorted(map(int, _calls(calls))) == list(range(50))
+    again = cli(work, "run", "clitasks:counted", "--journal", "run.db", stdin=data, env=env)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == first.stdout == "".join(f"{3 * i}\n" for i in range(50))
+    assert len(_calls(calls)) == 50  # nothing ran a second time
+
+
+@needs_journal
+def test_status_shows_counts_and_failures_then_retry_failed(work: Path) -> None:
+    (work / "in.txt").write_text("a\nb\nc\nd\n")
+    run = cli(work, "run", "clitasks:fail_on_c", "in.txt", "--journal", "run.db", "--on-error", "skip")
+    assert run.returncode == 1
+    status = cli(work, "status", "run.db")
+    assert status.returncode == 0, status.stderr
+    out = status.stdout
+    assert "function: clitasks.fail_on_c" in out
+    assert "done: 3" in out and "failed: 1" in out and "pending: 0" in out
+    assert "item 2: ValueError: bad 'c'" in out
+    assert 'raise ValueError(f"bad {x!r}")' in out  # its worker traceback
+    # Failed items stay failed on a rerun, unless --retry-failed (here the item fails again).
+    rerun = cli(work, "run", "clitasks:fail_on_c", "in.txt", "--journal", "run.db", "--on-error", "record")
+    assert rerun.returncode == 1
+    assert lines(rerun.stdout)[2]["error"]["type"] == "ValueError"  # type: ignore[index]
+    retry = cli(work, "run", "clitasks:fail_on_c", "in.txt", "--journal", "run.db", "--retry-failed")
+    assert retry.returncode == 1 and "item 2 (in.txt:3): ValueError" in retry.stderr
+
+
+@needs_journal
+@pytest.mark.timeout(120)
+def test_sigkill_then_resume(work: Path) -> None:
+    """Kill the CLI with SIGKILL at random moments of a 20,000-item run, then finish it: the output is a clean
+    run's, and the final run computes exactly the items the journal did not count as done, each once."""
+    import random
+
+    from manycore import _journal
+
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    n = 20_000
+    (work / "in.txt").write_text("".join(f"{i}\n" for i in range(n)))
+    calls = work / "calls.txt"
+    env = {**os.environ, "CLI_CALLS": str(calls)}
+    args = [sys.executable, "-m", "manycore", "run", "clitasks:counted", "in.txt", "--journal", "run.db"]
+    args += ["-o", "out.jsonl", "--workers", "2"]
+    for _ in range(3):
+        child = subprocess.Popen(
+            args, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(rng.uniform(0.3, 1.5))
+        child.kill()
+        child.wait(timeout=30)
+        _wait_until_quiet(calls)  # the killed run's workers notice and stop
+    assert not (work / "out.jsonl").exists(), f"seed {seed}"
+    done = _journal.read_status(str(work / "run.db")).done if (work / "run.db").exists() else 0
+    before = len(_calls(calls))
+    final = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    assert final.returncode == 0, f"seed {seed}: {final.stderr}"
+    assert (work / "out.jsonl").read_text() == "".join(f"{3 * i}\n" for i in range(n)), f"seed {seed}"
+    computed = _calls(calls)[before:]
+    assert len(computed) == len(set(computed)) == n - done, f"seed {seed}: done {done}"
+
+
+def _wait_until_quiet(path: Path) -> None:
+    deadline = time.monotonic() + 10
+    size = -1
+    while time.monotonic() < deadline:
+        now = path.stat().st_size if path.exists() else 0
+        if now == size:
+            return
+        size = now
+        time.sleep(0.3)
+    raise AssertionError(f"{path} still grows 10 s after the run was killed")
