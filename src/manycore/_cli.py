@@ -104,7 +104,7 @@ examples:
 
 STATUS_HELP = """\
 Show where a journaled run stands: its function, how many items are done, failed and pending, and each
-failure with its worker traceback. Reads the journal only; safe while the run is going on.
+failure with its worker traceback.
 """
 
 STATUS_EPILOG = """\
