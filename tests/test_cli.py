@@ -465,6 +465,9 @@ def test_journal_rerun_computes_nothing_done(work: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert again.stdout == first.stdout == "".join(f"{3 * i}\n" for i in range(50))
     assert len(_calls(calls)) == 50  # nothing ran a second time
+    mixed = cli(work, "run", "clitasks:counted", "--journal", "run.db", "--unordered", stdin=data, env=env)
+    assert mixed.returncode == 2  # results of another shape: refused, not mixed in
+    assert "resume with the options of the first run" in mixed.stderr and "Traceback" not in mixed.stderr
 
 
 @needs_journal
@@ -505,10 +508,14 @@ def test_sigkill_then_resume(work: Path) -> None:
     args = [sys.executable, "-m", "manycore", "run", "clitasks:counted", "in.txt", "--journal", "run.db"]
     args += ["-o", "out.jsonl", "--workers", "2"]
     for _ in range(3):
+        # SIGKILL once a random share of the items left have been computed (the calls file says how many).
+        target = len(_calls(calls)) + rng.randrange(1, (n - len(_calls(calls))) // 2)
         child = subprocess.Popen(
             args, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        time.sleep(rng.uniform(0.3, 1.5))
+        while child.poll() is None and len(_calls(calls)) < target:
+            time.sleep(0.005)
+        assert child.poll() is None, f"seed {seed}: the run ended before it was killed"
         child.kill()
         child.wait(timeout=30)
         _wait_until_quiet(calls)  # the killed run's workers notice and stop

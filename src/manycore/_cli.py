@@ -21,10 +21,11 @@ import manycore
 
 from ._cli_io import (
     STDIN,
-    Call,
+    Indexed,
     InputError,
     Locations,
     Output,
+    Spread,
     UsageError,
     check_inputs,
     encode,
@@ -295,12 +296,14 @@ def _start(args: argparse.Namespace, fn: Callable[..., Any], inputs: list[str], 
     items: Iterator[Any] = read_items(inputs, args.format, args.star, where)
     if args.unordered:
         items = enumerate(items)
-    if args.star or args.unordered:
-        fn = Call(fn, star=args.star, indexed=args.unordered)
+    if args.star:
+        fn = Spread(fn)
+    if args.unordered:
+        fn = Indexed(fn)
     try:
         return manycore.imap(fn, items, **_options(args))
     except (ValueError, TypeError) as exc:  # options the backend refuses, a file that is not a journal
-        raise UsageError(str(exc)) from None
+        raise UsageError(_explained(exc)) from None
 
 
 def _run(args: argparse.Namespace, fn: Callable[..., Any], inputs: list[str], output: Output) -> int:
@@ -323,7 +326,7 @@ def _run(args: argparse.Namespace, fn: Callable[..., Any], inputs: list[str], ou
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return BROKEN_PIPE
     except _journal_errors() as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(_explained(exc)) from None
     finally:
         close = getattr(results, "close", None)
         if close is not None:
@@ -351,6 +354,12 @@ def _failed_index(exc: BaseException) -> int:
         if isinstance(value, int):
             return value
     return -1
+
+
+def _explained(exc: BaseException) -> str:
+    # A journal records the function it was written by, and --star and --unordered wrap it (Spread, Indexed).
+    hint = " (--star and --unordered count as part of the function: resume with the options of the first run)"
+    return str(exc) + (hint if "was written by" in str(exc) else "")
 
 
 def _journal_errors() -> tuple[type[BaseException], ...]:

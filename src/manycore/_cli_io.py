@@ -181,31 +181,39 @@ def _width(row: dict[Any, Any]) -> int:
     return sum(value is not None for key, value in row.items() if key is not None) + len(extra or ())
 
 
-class Call:
-    """What the workers run when the function cannot be given to manycore as it is.
+class Spread:
+    """What the workers run for ``--star``: ``fn(*item)``.
 
-    ``star``: the item is a list of arguments, ``fn(*item)``. ``indexed`` (for ``--unordered``): the item is
-    ``(index, value)`` and the result ``(index, result)``, since results then come in completion order; a
-    failure keeps its index in the exception's ``manycore_cli_index`` attribute (exceptions pickle their
-    ``__dict__``). Pickled by reference to this module, the function by manycore's own means.
+    ``__wrapped__`` names the function: a journal records and checks ``fn`` itself, with this class's name in
+    its digest, so that a journal written without ``--star`` refuses a run with it (its results would differ).
     """
 
-    def __init__(self, fn: Callable[..., Any], *, star: bool, indexed: bool) -> None:
-        self.fn = fn
-        self.star = star
-        self.indexed = indexed
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.__wrapped__ = fn
 
     def __call__(self, item: Any) -> Any:
-        if not self.indexed:
-            return self.fn(*item) if self.star else self.fn(item)
+        return self.__wrapped__(*item)
+
+
+class Indexed:
+    """What the workers run for ``--unordered``: the item is ``(index, value)``, the result ``(index, result)``.
+
+    Results then come in completion order, and manycore's ``imap_unordered`` does not say whose they are. A
+    failure keeps its index in the exception's ``manycore_cli_index`` attribute (exceptions pickle their
+    ``__dict__``). ``__wrapped__`` as for ``Spread``.
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.__wrapped__ = fn
+
+    def __call__(self, item: tuple[int, Any]) -> tuple[int, Any]:
         index, value = item
         try:
-            result = self.fn(*value) if self.star else self.fn(value)
+            return index, self.__wrapped__(value)
         except BaseException as exc:
             with contextlib.suppress(Exception):  # an exception type that refuses attributes
                 exc.manycore_cli_index = index  # type: ignore[attr-defined]
             raise
-        return index, result
 
 
 def encode(value: Any) -> str:
