@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "src"))
 sys.path.insert(0, HERE)
 
 import manycore  # noqa: E402
+
 import workloads  # noqa: E402
 
 
