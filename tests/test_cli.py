@@ -64,17 +64,6 @@ NOT_CALLABLE = 3
 """
 
 
-def journal_landed() -> bool:
-    try:
-        import manycore._journal  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_journal = pytest.mark.skipif(not journal_landed(), reason="manycore._journal has not landed yet")
-
-
 @pytest.fixture
 def work(tmp_path: Path) -> Path:
     (tmp_path / "clitasks.py").write_text(TASKS)
@@ -353,7 +342,6 @@ EXAMPLES: dict[str, Check] = {
         _features("features.jsonl")
     ),
 }
-JOURNAL_EXAMPLES = ("--journal", "manycore status")
 
 
 def _check_factorials(out: str) -> None:
@@ -396,8 +384,6 @@ def test_help_examples_run(tmp_path: Path) -> None:
     for example in examples:
         assert example in EXAMPLES, f"an example of --help has no fixture in EXAMPLES: {example!r}"
         assert "manycore " in example
-        if any(word in example for word in JOURNAL_EXAMPLES) and not journal_landed():
-            continue  # checked once manycore._journal exists (test_journal_* skip until then)
         run = subprocess.run(["bash", "-c", prelude + example], cwd=tmp_path, capture_output=True, text=True)
         assert run.returncode == 0, f"{example}\n{run.stderr}"
         EXAMPLES[example](tmp_path, run.stdout)
@@ -437,7 +423,6 @@ def test_status_of_a_missing_journal(work: Path) -> None:
     assert "manycore status: no such journal: 'nope.db'" in run.stderr
 
 
-@needs_journal
 def test_files_that_are_not_journals_are_usage_errors(work: Path) -> None:
     (work / "notes.txt").write_text("not a journal\n" * 100)
     run = cli(work, "status", "notes.txt")
@@ -453,7 +438,6 @@ def _calls(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-@needs_journal
 def test_journal_rerun_computes_nothing_done(work: Path) -> None:
     calls = work / "calls.txt"
     env = {"CLI_CALLS": str(calls)}
@@ -470,7 +454,6 @@ def test_journal_rerun_computes_nothing_done(work: Path) -> None:
     assert "resume with the options of the first run" in mixed.stderr and "Traceback" not in mixed.stderr
 
 
-@needs_journal
 def test_status_shows_counts_and_failures_then_retry_failed(work: Path) -> None:
     (work / "in.txt").write_text("a\nb\nc\nd\n")
     run = cli(work, "run", "clitasks:fail_on_c", "in.txt", "--journal", "run.db", "--on-error", "skip")
@@ -490,11 +473,11 @@ def test_status_shows_counts_and_failures_then_retry_failed(work: Path) -> None:
     assert retry.returncode == 1 and "item 2 (in.txt:3): ValueError" in retry.stderr
 
 
-@needs_journal
 @pytest.mark.timeout(120)
 def test_sigkill_then_resume(work: Path) -> None:
-    """Kill the CLI with SIGKILL at random moments of a 20,000-item run, then finish it: the output is a clean
-    run's, and the final run computes exactly the items the journal did not count as done, each once."""
+    """Kill the CLI with SIGKILL at 20 random moments of a 20,000-item run, then finish it: no run computes an
+    item the journal held when it started, the output is a clean run's, and the final run computes exactly the
+    items the journal did not count as done, each once."""
     import random
 
     from manycore import _journal
@@ -507,18 +490,23 @@ def test_sigkill_then_resume(work: Path) -> None:
     env = {**os.environ, "CLI_CALLS": str(calls)}
     args = [sys.executable, "-m", "manycore", "run", "clitasks:counted", "in.txt", "--journal", "run.db"]
     args += ["-o", "out.jsonl", "--workers", "2"]
-    for _ in range(3):
-        # SIGKILL once a random share of the items left have been computed (the calls file says how many).
-        target = len(_calls(calls)) + rng.randrange(1, (n - len(_calls(calls))) // 2)
+    for kill in range(20):
+        # SIGKILL once a random share (up to 1/20) of the items left have been computed (the calls file says
+        # how many); each run must not compute again what the journal held when it started.
+        start = len(_calls(calls))
+        held = _committed(work / "run.db")
+        target = start + rng.randrange(1, max(2, (n - len(held)) // 20))
         child = subprocess.Popen(
             args, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         while child.poll() is None and len(_calls(calls)) < target:
             time.sleep(0.005)
-        assert child.poll() is None, f"seed {seed}: the run ended before it was killed"
+        assert child.poll() is None, f"seed {seed}: run {kill} ended before it was killed"
         child.kill()
         child.wait(timeout=30)
         _wait_until_quiet(calls)  # the killed run's workers notice and stop
+        again = held & {int(x) for x in _calls(calls)[start:]}
+        assert not again, f"seed {seed}: run {kill} computed committed items again: {sorted(again)[:10]}"
     assert not (work / "out.jsonl").exists(), f"seed {seed}"
     done = _journal.read_status(str(work / "run.db")).done if (work / "run.db").exists() else 0
     before = len(_calls(calls))
@@ -527,6 +515,18 @@ def test_sigkill_then_resume(work: Path) -> None:
     assert (work / "out.jsonl").read_text() == "".join(f"{3 * i}\n" for i in range(n)), f"seed {seed}"
     computed = _calls(calls)[before:]
     assert len(computed) == len(set(computed)) == n - done, f"seed {seed}: done {done}"
+
+
+def _committed(db: Path) -> set[int]:
+    """The items a journal holds (read from the file, as a resumed run reads it)."""
+    import sqlite3
+
+    if not db.exists():
+        return set()
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return {
+            i for start, stop in conn.execute("SELECT start, stop FROM ranges") for i in range(start, stop)
+        }
 
 
 def _wait_until_quiet(path: Path) -> None:
