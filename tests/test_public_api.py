@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,6 +118,24 @@ def test_an_interrupted_first_pool_leaves_no_fork_server() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["interrupted", "[]", "[1, 2]"]
+
+
+def test_a_process_backend_subclass_with_the_older_scheduler_signature() -> None:
+    # A subclass overriding scheduler(self, options) (the documented signature before Backend.prelaunch) got the
+    # prelaunched fork server as an extra argument: TypeError. It now gets no prelaunch, and works.
+    from manycore import backends
+
+    built = []
+
+    class Logged(backends.Process):
+        def scheduler(self, options: Any) -> Any:  # type: ignore[override]
+            built.append(options.processes)
+            return super().scheduler(options)
+
+    backends.register("logged-test", Logged)
+    with manycore.Pool(2, backend="logged-test") as pool:
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+    assert built == [2]
 
 
 def test_package_is_typed() -> None:

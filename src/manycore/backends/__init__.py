@@ -126,7 +126,7 @@ def resolve(options: PoolOptions) -> Backend:
 def build_scheduler(backend: Backend, options: PoolOptions, meanwhile: Callable[[], None]) -> SchedulerBase:
     """The pool's scheduler, with ``meanwhile()`` (the public face's own imports) run while what the backend
     prelaunches boots: a fork server takes ~15 ms to start, and so do the imports (W6)."""
-    prelaunched = backend.prelaunch(options)
+    prelaunched = backend.prelaunch(options) if _prelaunches(type(backend)) else None
     try:
         meanwhile()
         from .._jobs import flush_std_streams
@@ -139,3 +139,11 @@ def build_scheduler(backend: Backend, options: PoolOptions, meanwhile: Callable[
         if prelaunched is not None:
             prelaunched.close()  # harmless when the scheduler has closed it already
         raise
+
+
+def _prelaunches(cls: type[Backend]) -> bool:
+    """Whether ``cls.scheduler`` takes what ``cls.prelaunch`` returns: not when a subclass overrides
+    ``scheduler(options)`` alone, the signature from before ``prelaunch`` (it would get an argument it does not
+    take)."""
+    defines = [next(k for k in cls.__mro__ if name in vars(k)) for name in ("scheduler", "prelaunch")]
+    return issubclass(defines[1], defines[0])
