@@ -46,3 +46,31 @@ def calls(path: str) -> list[int]:
             return [int(line) for line in log.read().split("\n") if line.strip().lstrip("-").isdigit()]
     except FileNotFoundError:
         return []
+
+
+def scaled(k: int):  # type: ignore[no-untyped-def]
+    """A decorator with a parameter: functools.wraps hides it behind the function it wraps."""
+    import functools
+
+    def decorate(f):  # type: ignore[no-untyped-def]
+        @functools.wraps(f)
+        def wrapper(x):  # type: ignore[no-untyped-def]
+            return k * f(x)
+
+        return wrapper
+
+    return decorate
+
+
+def base(x: int) -> int:
+    return x + 1
+
+
+def describe(*args: object) -> str:
+    return f"{len(args)} argument(s): {args!r}"
+
+
+def exit_on_3(x: int) -> int:
+    if x == 3:
+        os._exit(1)
+    return x

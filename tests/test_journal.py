@@ -172,7 +172,7 @@ def test_a_journal_in_use_by_a_running_map_is_refused(tmp_path: Path, calls: Pat
     with manycore.Pool(2) as pool:
         running = pool.imap(jt.logged_square, range(10), journal=db)
         assert next(running) == 0
-        with pytest.raises(JournalError, match="in use by another running map"):
+        with pytest.raises(JournalError, match="in use by a running map"):
             pool.map(jt.logged_square, range(10), journal=db)
         assert list(running) == [x * x for x in range(1, 10)]
         assert pool.map(jt.logged_square, range(10), journal=db) == [x * x for x in range(10)]
@@ -337,3 +337,152 @@ def test_ctrl_c_then_resume(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=60)
     assert (proc.returncode, out) == (0, "complete\n"), err
     assert not held & set(jt.calls(str(tmp_path / "calls-1.log")))
+
+
+# ---- regressions from the attack on the first version -------------------------------------------------------
+
+
+def _script(tmp_path: Path, body: str, *args: str, env: dict[str, str] | None = None) -> str:
+    head = f"import sys\nsys.path.insert(0, {str(HERE)!r})\nsys.path.insert(0, {str(tmp_path)!r})\n"
+    code = head + textwrap.dedent(body)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_items_pickle_cannot_write_are_refused_not_compared_by_repr(tmp_path: Path) -> None:
+    # A repr in place of the pickle let a changed item pass for the old one (a numpy array's repr elides its
+    # middle; here a class whose repr is constant).
+    class Job:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def __repr__(self) -> str:
+            return "Job"
+
+    with manycore.Pool(2, backend="thread") as pool, pytest.raises(
+        JournalError, match=r"item #0 of the input \(.*Job\) cannot be written by the standard"
+    ):
+        pool.map(operator.attrgetter("n"), [Job(1), Job(2)], journal=tmp_path / "run.db")
+
+
+def test_a_decorators_own_closure_counts(tmp_path: Path) -> None:
+    db = tmp_path / "run.db"
+    with manycore.Pool(2) as pool:
+        assert pool.map(jt.scaled(2)(jt.base), range(3), journal=db) == [2, 4, 6]
+        with pytest.raises(JournalError, match=r"another version of journal_tasks\.base"):
+            pool.map(jt.scaled(100)(jt.base), range(3), journal=db)
+
+
+def test_map_and_starmap_do_not_share_a_journal(tmp_path: Path) -> None:
+    db = tmp_path / "run.db"
+    with manycore.Pool(2) as pool:
+        pool.map(jt.describe, [(1, 2)], journal=db)
+        with pytest.raises(JournalError, match=r"written by a map \(each item one argument\), not a starmap"):
+            pool.starmap(jt.describe, [(1, 2)], journal=db)
+
+
+def test_fork_workers_do_not_keep_the_journal_locked(tmp_path: Path) -> None:
+    # A worker forked while a journal is open (here the replacement of one that exited) held its lock.
+    db = tmp_path / "run.db"
+    with manycore.Pool(2, start_method="fork") as pool:
+        first = pool.map(jt.exit_on_3, range(8), on_error="return", journal=db)
+        assert isinstance(first[3], manycore.WorkerLostError)
+        again = pool.map(jt.exit_on_3, range(8), on_error="return", journal=db)
+        assert [repr(r) for r in again] == [repr(r) for r in first]
+
+
+def test_an_unfinished_journaled_imap_does_not_hang_the_exit(tmp_path: Path) -> None:
+    body = """
+    import manycore, journal_tasks as jt
+    pool = manycore.Pool(1)
+    it = pool.imap(jt.returns_exception, range(100), journal=sys.argv[1])
+    for r in it:
+        if r == 5:
+            break
+    print("left at", r)
+    """
+    assert _script(tmp_path, body, str(tmp_path / "run.db")) == "left at 5\n"
+    assert _journal.read_status(tmp_path / "run.db").done >= 6  # what was taken was committed at exit
+
+
+def test_fingerprints_do_not_follow_the_hash_seed_or_memory_addresses(tmp_path: Path) -> None:
+    # A set literal compiles to a frozenset constant whose repr order follows PYTHONHASHSEED; a closure over a
+    # local helper function once pickled to a repr with its address. Both refused every resume.
+    body = """
+    import manycore
+    def classify(x):
+        return x in {"apple", "banana", "cherry", "date", "elder"}
+    def make_task(offset):
+        def helper(x):
+            return x + offset
+        def task(x):
+            return helper(x) * 2
+        return task
+    print(manycore.map(classify, ["apple", "kiwi"], workers=2, journal=sys.argv[1] + ".a"))
+    print(manycore.map(make_task(1), range(3), workers=2, journal=sys.argv[1] + ".b"))
+    """
+    db = str(tmp_path / "run")
+    for seed in ("1", "2", "3"):
+        out = _script(tmp_path, body, db, env={"PYTHONHASHSEED": seed})
+        assert out == "[True, False]\n[2, 4, 6]\n"
+
+
+def test_a_callable_objects_call_method_counts(tmp_path: Path) -> None:
+    (tmp_path / "scale.py").write_text(
+        "class Scale:\n    def __init__(self, k): self.k = k\n    def __call__(self, x): return self.k * x\n"
+    )
+    body = """
+    import manycore, scale
+    try:
+        print(manycore.map(scale.Scale(2), range(3), workers=2, journal=sys.argv[1]))
+    except manycore.errors.JournalError as exc:
+        print("refused:", exc)
+    """
+    db = str(tmp_path / "run.db")
+    assert _script(tmp_path, body, db) == "[0, 2, 4]\n"
+    (tmp_path / "scale.py").write_text(
+        "class Scale:\n    def __init__(self, k): self.k = k\n    def __call__(self, x): return self.k + x\n"
+    )
+    assert "another version of scale.Scale" in _script(tmp_path, body, db)
+
+
+def test_an_sqlite_database_of_the_users_is_not_taken_over(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE users(name TEXT)")
+    with pytest.raises(
+        JournalError, match=r"an SQLite database but not a manycore journal \(it has tables users\)"
+    ):
+        manycore.map(abs, [1], workers=2, journal=db)
+    with sqlite3.connect(db) as conn:
+        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["users"]
+
+
+def test_status_of_a_path_with_uri_characters(tmp_path: Path) -> None:
+    for name in ("run #1.db", "a?b.db", "100%25.db"):
+        manycore.map(abs, range(10), workers=2, journal=tmp_path / name)
+        assert _journal.read_status(tmp_path / name).done == 10
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm"))) == [
+        "100%25.db",
+        "a?b.db",
+        "run #1.db",
+    ]
+
+
+def test_a_damaged_result_is_a_clear_error(tmp_path: Path) -> None:
+    db = tmp_path / "run.db"
+    manycore.map(str, range(1000), workers=2, journal=db)
+    with sqlite3.connect(db) as conn:
+        start, blob = conn.execute("SELECT start, results FROM ranges LIMIT 1").fetchone()
+        flipped = bytearray(blob)
+        flipped[len(blob) // 2] ^= 0x01
+        conn.execute("UPDATE ranges SET results = ? WHERE start = ?", (bytes(flipped), start))
+    with pytest.raises(JournalError, match=r"is damaged .*fail their checksum.*delete it to start afresh"):
+        manycore.map(str, range(1000), workers=2, journal=db)

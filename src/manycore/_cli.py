@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import manycore
+from manycore.errors import JournalError
 
 from ._cli_io import (
     STDIN,
@@ -325,7 +326,7 @@ def _run(args: argparse.Namespace, fn: Callable[..., Any], inputs: list[str], ou
         # own flush at exit does not complain a second time.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return BROKEN_PIPE
-    except _journal_errors() as exc:
+    except JournalError as exc:
         raise UsageError(_explained(exc)) from None
     finally:
         close = getattr(results, "close", None)
@@ -360,14 +361,6 @@ def _explained(exc: BaseException) -> str:
     # A journal records the function it was written by, and --star and --unordered wrap it (Spread, Indexed).
     hint = " (--star and --unordered count as part of the function: resume with the options of the first run)"
     return str(exc) + (hint if "was written by" in str(exc) else "")
-
-
-def _journal_errors() -> tuple[type[BaseException], ...]:
-    try:
-        journal = importlib.import_module("manycore._journal")
-    except ImportError:
-        return ()
-    return (journal.JournalError,)
 
 
 class _Report:

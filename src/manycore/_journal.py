@@ -20,119 +20,47 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import hashlib
-import io
 import os
+import pathlib
 import pickle
 import sqlite3
 import sys
 import time
-import types
-from collections.abc import Callable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from ._fingerprint import function_identity
 from .errors import JournalError, remote_traceback
 
 FORMAT = "manycore-journal-1"
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS ranges(start INTEGER PRIMARY KEY, stop INTEGER NOT NULL, digest BLOB NOT NULL,"
-    " results BLOB NOT NULL)",
+    " results BLOB NOT NULL, checksum BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS items(idx INTEGER PRIMARY KEY, ok INTEGER NOT NULL, result BLOB, type TEXT,"
     " message TEXT, traceback TEXT)",
 )
 _LOCK_WAIT_S = 1.0  # a killed run's workers (start_method="fork") hold its lock until PDEATHSIG reaches them
 
-
-# ---- identity: which function wrote a journal -----------------------------------------------------------
-
-
-def function_identity(fn: Callable[..., Any]) -> tuple[str, str]:
-    """``(module.qualname, digest)`` of the function a journal is written by.
-
-    The digest covers what the function itself does: its bytecode, constants and names (nested functions
-    included), defaults and closure values, not its line numbers (editing a comment above it changes nothing)
-    nor the functions it calls. ``functools.partial`` and wrappers (``__wrapped__``) count with what they wrap.
-    """
-    h = hashlib.blake2b(digest_size=16)
-    name = _feed_callable(fn, h, depth=0)
-    return name, h.hexdigest()
+#: Journals open in this process: a child of os.fork() (a worker forked from it by start_method="fork", or the
+#: program's own fork) closes its copies of their lock descriptors, or the lock would live as long as the child.
+_open: weakref.WeakSet[Journal] = weakref.WeakSet()
 
 
-def _feed_callable(fn: Any, h: Any, depth: int) -> str:
-    if depth > 20:
-        raise JournalError(f"{fn!r} wraps itself too deeply to be identified")
-    if isinstance(fn, functools.partial):
-        h.update(b"partial")
-        h.update(_stable_bytes((fn.args, fn.keywords)))
-        return "partial(" + _feed_callable(fn.func, h, depth + 1) + ")"
-    wrapped = getattr(fn, "__wrapped__", None)
-    if wrapped is not None and wrapped is not fn:
-        h.update(type(fn).__qualname__.encode())
-        return _feed_callable(wrapped, h, depth + 1)
-    target = getattr(fn, "__func__", fn)  # a bound method: its function (the instance is in its state below)
-    code = getattr(target, "__code__", None)
-    name = (
-        f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(target).__qualname__)}"
-    )
-    if isinstance(code, types.CodeType):
-        _feed_code(code, h)
-        h.update(_stable_bytes(getattr(target, "__defaults__", None)))
-        h.update(_stable_bytes(getattr(target, "__kwdefaults__", None)))
-        cells = getattr(target, "__closure__", None) or ()
-        h.update(_stable_bytes(tuple(_cell_value(c) for c in cells)))
-        if target is not fn:
-            h.update(_stable_bytes(getattr(fn, "__self__", None)))
-        return name
-    h.update(_stable_bytes(fn))  # a builtin, a class, a callable object: pickled (builtins by name)
-    return name
+def _forget_locks_in_child() -> None:
+    for journal in list(_open):
+        journal.forget()
 
 
-def _cell_value(cell: Any) -> Any:
-    try:
-        return cell.cell_contents
-    except ValueError:  # an empty cell
-        return None
-
-
-def _feed_code(code: types.CodeType, h: Any) -> None:
-    h.update(code.co_code)
-    h.update(repr((code.co_names, code.co_varnames, code.co_argcount, code.co_kwonlyargcount)).encode())
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            _feed_code(const, h)
-        else:
-            h.update(repr(const).encode())
-
-
-def _stable_bytes(obj: object) -> bytes:
-    """Bytes that equal objects share across runs, as far as pickling gives them; repr for what won't pickle."""
-    try:
-        return items_bytes(obj)
-    except Exception:
-        return repr(obj).encode(errors="replace")
-
-
-def items_bytes(obj: object) -> bytes:
-    """``obj`` pickled without the memo, so that equal items give equal bytes whatever objects they share (a
-    string read twice from a file is two objects, pickled once and then by reference with the memo)."""
-    buffer = io.BytesIO()
-    pickler = pickle.Pickler(buffer, protocol=4)
-    pickler.fast = True  # no memo: each object written in full (a recursive item raises, then we use repr)
-    pickler.dump(obj)
-    return buffer.getvalue()
-
-
-def items_digest(items: Sequence[Any]) -> bytes:
-    try:
-        data = items_bytes(list(items))
-    except Exception:
-        data = repr(list(items)).encode(errors="replace")
-    return hashlib.blake2b(data, digest_size=16).digest()
+os.register_at_fork(after_in_child=_forget_locks_in_child)
 
 
 # ---- the file --------------------------------------------------------------------------------------------
+
+
+_CALLS = {"map": "one argument", "starmap": "spread into arguments", None: "?"}
 
 
 class Range:
@@ -154,17 +82,28 @@ class Failure:
 class Journal:
     """An open journal, locked for this run. Writes happen in ``commit`` only (one transaction each)."""
 
-    def __init__(self, path: str | os.PathLike[str], fn: Callable[..., Any]) -> None:
+    def __init__(self, path: str | os.PathLike[str], fn: Callable[..., Any], call: str = "map") -> None:
         self.path = os.fspath(path)
+        self.function, self.code_digest = function_identity(fn)
+        self.call = call  # "map" (an item is one argument) or "starmap" (an item is spread into arguments)
         self._lock_fd = _lock(self.path)
         self._conn: sqlite3.Connection | None = None
+        _open.add(self)
         try:
             self._conn = _connect(self.path)
-            self.function, self.code_digest = function_identity(fn)
-            self._check_or_write_meta()
+            with _damage(self.path):
+                self._check_or_write_meta()
         except BaseException:
             self.close()
             raise
+
+    def forget(self) -> None:
+        """In a child of ``os.fork()``: drop this process's copy of the lock, touch nothing else."""
+        if self._lock_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = -1
+        self._conn = None  # the parent's connection: never used, never closed here
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -178,6 +117,7 @@ class Journal:
             "format": FORMAT,
             "function": self.function,
             "code": self.code_digest,
+            "call": self.call,
             "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
         }
         if not meta:
@@ -201,32 +141,46 @@ class Journal:
                 f"journal {self.path} was written {what}, not by this {self.function}: its results would not be"
                 f" this function's. Pass another journal path, or delete {self.path} to start afresh."
             )
+        if meta.get("call", "map") != self.call:
+            raise JournalError(
+                f"journal {self.path} was written by a {meta.get('call')} (each item {_CALLS[meta.get('call')]}),"
+                f" not a {self.call} (each item {_CALLS[self.call]}): its results would not be this call's. Pass"
+                f" another journal path, or delete {self.path} to start afresh."
+            )
 
     def ranges(self) -> list[Range]:
-        rows = self._db.execute("SELECT start, stop, digest FROM ranges ORDER BY start").fetchall()
+        with _damage(self.path):
+            rows = self._db.execute("SELECT start, stop, digest FROM ranges ORDER BY start").fetchall()
         return [Range(*row) for row in rows]
 
     def outcomes(self) -> dict[int, bool]:
         """Items with an outcome of their own (a failure, or the result of a failed item run again): ok or not."""
-        return {row[0]: bool(row[1]) for row in self._db.execute("SELECT idx, ok FROM items")}
+        with _damage(self.path):
+            return {row[0]: bool(row[1]) for row in self._db.execute("SELECT idx, ok FROM items")}
 
     def total(self) -> int | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'total'").fetchone()
         return int(row[0]) if row else None
 
     def range_results(self, start: int) -> list[Any]:
-        row = self._db.execute("SELECT results FROM ranges WHERE start = ?", (start,)).fetchone()
-        results: list[Any] = pickle.loads(row[0])
+        with _damage(self.path):
+            blob, checksum = self._db.execute(
+                "SELECT results, checksum FROM ranges WHERE start = ?", (start,)
+            ).fetchone()
+            if _checksum(blob) != checksum:
+                raise pickle.UnpicklingError(f"the results of items from #{start} fail their checksum")
+            results: list[Any] = pickle.loads(blob)
         return results
 
     def item(self, index: int) -> Any:
         """The outcome recorded for one item: its result, or its exception (the worker's traceback attached
         as ``__cause__``, as when it first failed)."""
-        ok, blob, type_, message, tb = self._db.execute(
-            "SELECT ok, result, type, message, traceback FROM items WHERE idx = ?", (index,)
-        ).fetchone()
-        if ok:
-            return _loads(blob)
+        with _damage(self.path):
+            ok, blob, type_, message, tb = self._db.execute(
+                "SELECT ok, result, type, message, traceback FROM items WHERE idx = ?", (index,)
+            ).fetchone()
+            if ok:
+                return _loads(blob)
         try:
             error = _loads(blob)
         except Exception:
@@ -240,8 +194,9 @@ class Journal:
     def commit(
         self, ranges: list[tuple[int, int, bytes, bytes]], items: list[tuple[Any, ...]], total: int | None
     ) -> None:
+        rows = [(*row, _checksum(row[3])) for row in ranges]
         with self._db:
-            self._db.executemany("INSERT INTO ranges VALUES (?, ?, ?, ?)", ranges)
+            self._db.executemany("INSERT INTO ranges VALUES (?, ?, ?, ?, ?)", rows)
             self._db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?)", items)
             if total is not None:
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('total', ?)", (str(total),))
@@ -256,6 +211,7 @@ class Journal:
         if getattr(self, "_lock_fd", -1) >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+        _open.discard(self)
 
     def __del__(self) -> None:
         # An imap dropped before its first next() never ran its generator's cleanup: release the file here.
@@ -280,8 +236,8 @@ def _lock(path: str) -> int:
             if time.monotonic() > deadline:
                 os.close(fd)
                 raise JournalError(
-                    f"journal {path} is in use by another running map (a process holds its lock): wait for it"
-                    " to finish, or use another journal path"
+                    f"journal {path} is in use by a running map (another process, or an unfinished imap of"
+                    " this one: close() it): wait for it to finish, or use another journal path"
                 ) from None
             time.sleep(0.05)
 
@@ -290,6 +246,13 @@ def _connect(path: str) -> sqlite3.Connection:
     try:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         db.isolation_level = "DEFERRED"  # `with db:` commits one transaction
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and not {"meta", "ranges", "items"} <= tables:
+            db.close()
+            raise JournalError(
+                f"{path} is an SQLite database but not a manycore journal (it has tables"
+                f" {', '.join(sorted(tables))}): pass another journal path"
+            )
         db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL: a commit survives the process's death (SIGKILL, OOM); only a power loss may take the
         # last commits back, never corrupting the file.
@@ -300,6 +263,23 @@ def _connect(path: str) -> sqlite3.Connection:
     except sqlite3.DatabaseError as exc:
         raise JournalError(f"{path} is not a manycore journal (SQLite says: {exc})") from None
     return db
+
+
+def _checksum(blob: bytes) -> bytes:
+    return bytes(hashlib.blake2b(blob, digest_size=8).digest())
+
+
+@contextlib.contextmanager
+def _damage(path: str) -> Iterator[None]:
+    """SQLite's and pickle's errors on a damaged file, as a JournalError that says what to do."""
+    try:
+        yield
+    except (sqlite3.DatabaseError, pickle.UnpicklingError, EOFError, TypeError, ValueError) as exc:
+        if isinstance(exc, JournalError):
+            raise
+        raise JournalError(
+            f"journal {path} is damaged ({type(exc).__name__}: {exc}): delete it to start afresh"
+        ) from None
 
 
 def _loads(blob: bytes | None) -> Any:
@@ -342,7 +322,8 @@ def read_status(path: str | os.PathLike[str]) -> Status:
     if not os.path.isfile(path):
         raise JournalError(f"no journal at {path}")
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        uri = pathlib.Path(path).absolute().as_uri() + "?mode=ro"  # '#', '?' and '%' escaped
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
             if meta.get("format") != FORMAT:
                 raise JournalError(f"{path} is not a manycore journal")

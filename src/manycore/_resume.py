@@ -29,10 +29,12 @@ import functools
 import itertools
 import os
 import threading
+import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
 from . import _journal
+from ._fingerprint import items_digest
 from ._journal import Journal, Range
 from ._worker._journaled import Returned, recorded, recorded_star
 from .errors import JournalError
@@ -63,9 +65,12 @@ class _Writer:
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="manycore-journal", daemon=False)
+        _writers.add(self)
         self._thread.start()
 
     def check(self) -> None:
+        if isinstance(self._error, JournalError):
+            raise self._error
         if self._error is not None:
             raise JournalError(f"cannot write journal {self._journal.path}: {self._error}") from self._error
 
@@ -82,6 +87,14 @@ class _Writer:
     def _flush(self) -> None:
         if self._error is not None:
             return
+        try:
+            self._write()
+        except (
+            Exception
+        ) as exc:  # an item pickle cannot write, a full disk: the caller's next check() raises it
+            self._error = exc
+
+    def _write(self) -> None:
         outcomes = _take(self.outcomes, len(self.outcomes))
         rows = _take(self.rows, len(self.rows))
         total = self.total
@@ -100,15 +113,29 @@ class _Writer:
             ranges.append(_range_row(self._position, run, items, rows))
             self._position += len(run)
         self._taken = end
-        try:
-            self._journal.commit(ranges, rows, total)
-        except Exception as exc:  # a full disk, a removed file: the caller's next check() raises it
-            self._error = exc
+        self._journal.commit(ranges, rows, total)
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
         self.check()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+#: Writers not closed yet. At interpreter exit (before threading joins its threads) each makes its last commit and
+#: closes its journal: an imap left unfinished (a `break` out of its loop, a second Ctrl-C inside close()) never
+#: closes its writer, and the exit waited for that thread for ever.
+_writers: weakref.WeakSet[_Writer] = weakref.WeakSet()
+
+
+def _stop_writers_at_exit() -> None:
+    for writer in list(_writers):
+        writer.stop()
+
+
+threading._register_atexit(_stop_writers_at_exit)  # type: ignore[attr-defined]
 
 
 def _take(shared: list[Any], count: int) -> list[Any]:
@@ -130,7 +157,7 @@ def _range_row(
             run[i] = None
         else:  # a returned exception object
             run[i] = run[i].value
-    return (start, start + len(run), _journal.items_digest(items), _journal.dumps(run))
+    return (start, start + len(run), items_digest(items, start), _journal.dumps(run))
 
 
 def failure_row(index: int, error: BaseException) -> tuple[Any, ...]:
@@ -198,7 +225,7 @@ def run(
     ``open_imap(function, items)`` runs the pool's ordered imap with ``on_error="return"``. Failures are raised
     or returned as ``on_error`` says; with "raise", the run stops at the first one (after recording it).
     """
-    journal = Journal(path, fn)  # refused here, at the call, when the journal is another run's
+    journal = Journal(path, fn, "starmap" if star else "map")  # refused at the call when it is another run's
     try:
         run = _Run(journal, iterable, open_imap, functools.partial(recorded_star if star else recorded, fn))
         run.rerun = {i for i, ok in run.outcomes.items() if not ok} if retry_failed else set()
@@ -274,7 +301,7 @@ class _Run:
         items = list(itertools.islice(self._source, stored.stop - stored.start))
         if len(items) < stored.stop - stored.start:
             self._too_short(stored.start + len(items))
-        if _journal.items_digest(items) != stored.digest:
+        if items_digest(items, stored.start) != stored.digest:
             raise JournalError(
                 f"items #{stored.start}-#{stored.stop - 1} of the input differ from those journal"
                 f" {self.journal.path} recorded: the input changed since that run. Pass another journal path, or"
