@@ -22,6 +22,7 @@ from manycore.errors import JournalError
 
 from ._cli_io import (
     STDIN,
+    Encoded,
     Indexed,
     InputError,
     Locations,
@@ -299,6 +300,7 @@ def _start(args: argparse.Namespace, fn: Callable[..., Any], inputs: list[str], 
         items = enumerate(items)
     if args.star:
         fn = Spread(fn)
+    fn = Encoded(fn)  # results come back as their JSON lines
     if args.unordered:
         fn = Indexed(fn)
     try:
@@ -375,10 +377,7 @@ class _Report:
     def line(self, index: int, value: Any, where: Locations) -> str | None:
         self.items += 1
         if not isinstance(value, BaseException):
-            try:
-                return encode(value)
-            except (TypeError, ValueError) as exc:
-                value = _unencodable(value, exc)
+            return str(value)  # the JSON line the worker wrote (Encoded)
         self.failed += 1
         _print_failure(index, where.of(index), value)
         if self.on_error == "record":
@@ -396,10 +395,6 @@ class _Report:
         elif self.failed:
             print(f"manycore run: {self.failed} of {self.items} items failed", file=sys.stderr)
         return FAILED if self.failed else OK
-
-
-def _unencodable(value: Any, exc: Exception) -> TypeError:
-    return TypeError(f"the result (a {type(value).__name__}) cannot be written as JSON: {exc}")
 
 
 def _print_failure(index: int, where: str, exc: BaseException) -> None:

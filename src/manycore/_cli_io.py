@@ -216,14 +216,32 @@ class Indexed:
             raise
 
 
-# One encoder for the run: json.dumps with options other than its defaults builds a JSONEncoder per call, which
-# was half of the parent's time over a million trivial items (benchmarks/cli.py).
+# One encoder: json.dumps with options other than its defaults builds a JSONEncoder per call, which was half of
+# the parent's time over a million trivial items (benchmarks/cli.py).
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
 
 
 def encode(value: Any) -> str:
     """One JSON line (strict JSON: NaN and infinities are refused, as JSON has none)."""
     return _ENCODER.encode(value)
+
+
+class Encoded:
+    """What the workers run: ``fn``'s result as its JSON line, so that encoding runs on every core instead of
+    in the parent, whose one core read, encoded and wrote every line (the CLI's bottleneck on cheap items). A
+    result JSON cannot write fails its item with a TypeError saying so. ``__wrapped__`` as for ``Spread``."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.__wrapped__ = fn
+
+    def __call__(self, item: Any) -> str:
+        value = self.__wrapped__(item)
+        try:
+            return _ENCODER.encode(value)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"the result (a {type(value).__name__}) cannot be written as JSON: {exc}"
+            ) from None
 
 
 class Output:
