@@ -366,8 +366,11 @@ def test_items_pickle_cannot_write_are_refused_not_compared_by_repr(tmp_path: Pa
         def __repr__(self) -> str:
             return "Job"
 
-    with manycore.Pool(2, backend="thread") as pool, pytest.raises(
-        JournalError, match=r"item #0 of the input \(.*Job\) cannot be written by the standard"
+    with (
+        manycore.Pool(2, backend="thread") as pool,
+        pytest.raises(
+            JournalError, match=r"item #0 of the input \(.*Job\) cannot be written by the standard"
+        ),
     ):
         pool.map(operator.attrgetter("n"), [Job(1), Job(2)], journal=tmp_path / "run.db")
 
