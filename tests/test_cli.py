@@ -7,6 +7,7 @@ argument to the file named by ``$CLI_CALLS``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -523,7 +524,7 @@ def _committed(db: Path) -> set[int]:
 
     if not db.exists():
         return set()
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn, conn:
         return {
             i for start, stop in conn.execute("SELECT start, stop FROM ranges") for i in range(start, stop)
         }

@@ -6,6 +6,7 @@ file itself, so "no finished item is computed twice" is checked against what was
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
 import random
@@ -38,14 +39,14 @@ def committed(db: Path) -> set[int]:
     """The positions the journal holds a result or a failure for."""
     if not db.exists():
         return set()
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn, conn:
         return {
             i for start, stop in conn.execute("SELECT start, stop FROM ranges") for i in range(start, stop)
         }
 
 
 def integrity(db: Path) -> str:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn, conn:
         return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
 
 
@@ -458,13 +459,13 @@ def test_a_callable_objects_call_method_counts(tmp_path: Path) -> None:
 
 def test_an_sqlite_database_of_the_users_is_not_taken_over(tmp_path: Path) -> None:
     db = tmp_path / "app.db"
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("CREATE TABLE users(name TEXT)")
     with pytest.raises(
         JournalError, match=r"an SQLite database but not a manycore journal \(it has tables users\)"
     ):
         manycore.map(abs, [1], workers=2, journal=db)
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["users"]
 
 
@@ -482,7 +483,7 @@ def test_status_of_a_path_with_uri_characters(tmp_path: Path) -> None:
 def test_a_damaged_result_is_a_clear_error(tmp_path: Path) -> None:
     db = tmp_path / "run.db"
     manycore.map(str, range(1000), workers=2, journal=db)
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         start, blob = conn.execute("SELECT start, results FROM ranges LIMIT 1").fetchone()
         flipped = bytearray(blob)
         flipped[len(blob) // 2] ^= 0x01

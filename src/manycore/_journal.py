@@ -49,6 +49,9 @@ _LOCK_WAIT_S = 1.0  # a killed run's workers (start_method="fork") hold its lock
 _open: weakref.WeakSet[Journal] = weakref.WeakSet()
 
 
+_abandoned: list[sqlite3.Connection] = []
+
+
 def _forget_locks_in_child() -> None:
     for journal in list(_open):
         journal.forget()
@@ -103,7 +106,11 @@ class Journal:
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)
             self._lock_fd = -1
-        self._conn = None  # the parent's connection: never used, never closed here
+        if self._conn is not None:
+            # The parent's connection: never used here, and never closed either (closing the last connection
+            # of a WAL database checkpoints and removes its -wal file, the parent's): kept until this exits.
+            _abandoned.append(self._conn)
+            self._conn = None
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -243,8 +250,8 @@ def _lock(path: str) -> int:
 
 
 def _connect(path: str) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         db.isolation_level = "DEFERRED"  # `with db:` commits one transaction
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if tables and not {"meta", "ranges", "items"} <= tables:
@@ -261,7 +268,11 @@ def _connect(path: str) -> sqlite3.Connection:
             for statement in _SCHEMA:
                 db.execute(statement)
     except sqlite3.DatabaseError as exc:
+        db.close()
         raise JournalError(f"{path} is not a manycore journal (SQLite says: {exc})") from None
+    except BaseException:
+        db.close()
+        raise
     return db
 
 
