@@ -10,13 +10,16 @@ import contextlib
 import operator
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -224,12 +227,18 @@ def test_a_journal_on_an_engine_backend(backend: str, tmp_path: Path, calls: Pat
 
 
 _CLIENT: list[object] = []
+_SCRATCH: list[str] = []
+_CONFIG: list[Any] = []
 
 
 def _dask_client() -> object:
     if not _CLIENT:
+        import dask
         import distributed
 
+        # Dask's scratch space would otherwise stay behind in /tmp/dask-scratch-space (as tests/contract does).
+        _SCRATCH.append(tempfile.mkdtemp(prefix="manycore-dask-"))
+        _CONFIG.append(dask.config.set({"temporary-directory": _SCRATCH[0]}))  # undone at the module's end
         cluster = distributed.LocalCluster(
             n_workers=2,
             threads_per_worker=1,
@@ -249,6 +258,12 @@ def _close_dask() -> object:
         client.close()  # type: ignore[attr-defined]
         cluster.close()
     _CLIENT.clear()
+    for config in _CONFIG:
+        config.__exit__(None, None, None)
+    _CONFIG.clear()
+    for scratch in _SCRATCH:
+        shutil.rmtree(scratch, ignore_errors=True)
+    _SCRATCH.clear()
 
 
 # ---- the parent killed: SIGKILL at random points, Ctrl-C, then resume ---------------------------------------
