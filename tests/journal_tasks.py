@@ -3,8 +3,11 @@ test can tell which items ran in which run (one ``write`` per line, with ``O_APP
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import time
+from pathlib import Path
 
 CALLS = "MANYCORE_TEST_CALLS"
 
@@ -74,3 +77,13 @@ def exit_on_3(x: int) -> int:
     if x == 3:
         os._exit(1)
     return x
+
+
+def committed(db: Path) -> set[int]:
+    """The positions a journal holds a result or a failure for, read from the file as a resumed run reads it."""
+    if not db.exists():
+        return set()
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn, conn:
+        return {
+            i for start, stop in conn.execute("SELECT start, stop FROM ranges") for i in range(start, stop)
+        }

@@ -7,7 +7,6 @@ argument to the file named by ``$CLI_CALLS``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -20,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+import journal_tasks
 
 TASKS = """
 import os, time
@@ -495,7 +496,7 @@ def test_sigkill_then_resume(work: Path) -> None:
         # SIGKILL once a random share (up to 1/20) of the items left have been computed (the calls file says
         # how many); each run must not compute again what the journal held when it started.
         start = len(_calls(calls))
-        held = _committed(work / "run.db")
+        held = journal_tasks.committed(work / "run.db")
         target = start + rng.randrange(1, max(2, (n - len(held)) // 20))
         child = subprocess.Popen(
             args, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -516,18 +517,6 @@ def test_sigkill_then_resume(work: Path) -> None:
     assert (work / "out.jsonl").read_text() == "".join(f"{3 * i}\n" for i in range(n)), f"seed {seed}"
     computed = _calls(calls)[before:]
     assert len(computed) == len(set(computed)) == n - done, f"seed {seed}: done {done}"
-
-
-def _committed(db: Path) -> set[int]:
-    """The items a journal holds (read from the file, as a resumed run reads it)."""
-    import sqlite3
-
-    if not db.exists():
-        return set()
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn, conn:
-        return {
-            i for start, stop in conn.execute("SELECT start, stop FROM ranges") for i in range(start, stop)
-        }
 
 
 def _wait_until_quiet(path: Path) -> None:

@@ -38,16 +38,6 @@ def calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return log
 
 
-def committed(db: Path) -> set[int]:
-    """The positions the journal holds a result or a failure for."""
-    if not db.exists():
-        return set()
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn, conn:
-        return {
-            i for start, stop in conn.execute("SELECT start, stop FROM ranges") for i in range(start, stop)
-        }
-
-
 def integrity(db: Path) -> str:
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn, conn:
         return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
@@ -215,7 +205,7 @@ def test_a_journal_on_an_engine_backend(backend: str, tmp_path: Path, calls: Pat
         it = pool.imap(jt.logged_fail_on_7, range(40), journal=db, on_error="return")
         head = [next(it) for _ in range(15)]
         it.close()
-        held = committed(db)
+        held = jt.committed(db)
         assert set(range(15)) <= held
         calls.unlink()
         out = pool.map(jt.logged_fail_on_7, range(40), journal=db, on_error="return")
@@ -307,7 +297,7 @@ def test_sigkill_at_20_random_points_then_resume(tmp_path: Path) -> None:
     run = 0
     grew = 0  # killed runs that committed something: the kills landed while work was being journaled
     while True:
-        before = committed(db)
+        before = jt.committed(db)
         log = tmp_path / f"calls-{run}.log"
         proc = _start(script, db, log)
         if kills < 20:
@@ -326,12 +316,12 @@ def test_sigkill_at_20_random_points_then_resume(tmp_path: Path) -> None:
             assert out == "complete\n", err
             break
         assert proc.returncode == -signal.SIGKILL, err
-        grew += len(committed(db)) > len(before)
+        grew += len(jt.committed(db)) > len(before)
         kills += 1
         run += 1
     assert kills == 20
     assert grew >= 10, f"only {grew} of 20 killed runs committed anything: the kills came too early"
-    assert committed(db) == set(range(n))
+    assert jt.committed(db) == set(range(n))
     status = _journal.read_status(db)
     assert (status.done, status.failed, status.total, status.pending) == (n, 0, n, 0)
 
@@ -347,7 +337,7 @@ def test_ctrl_c_then_resume(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "KeyboardInterrupt" in err, (proc.returncode, err)
     assert integrity(db) == "ok"
-    held = committed(db)
+    held = jt.committed(db)
     assert held, "nothing was committed before Ctrl-C"
     proc = _start(script, db, tmp_path / "calls-1.log")
     out, err = proc.communicate(timeout=60)
