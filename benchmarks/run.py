@@ -44,9 +44,12 @@ ALL_LIBS = [
     "manycore-shm",
     "manycore-shm-fork",
     "manycore-shm-spawn",
+    "manycore-macos-like",
+    "manycore-windows-like",
     "serial",
     "mp",
     "mp-fork",
+    "mp-spawn",
     "ppe",
     "ppe1",
     "joblib",
@@ -59,8 +62,13 @@ NOT_PEERS = {
     "manycore-shm",
     "manycore-shm-fork",
     "manycore-shm-spawn",
+    "manycore-macos-like",
+    "manycore-windows-like",
     "serial",
 }  # excluded from "best peer"
+# Run only when named in --libs: manycore in the portable modes that macOS and Windows run (MANYCORE_PLATFORM,
+# see docs/platforms.md), and multiprocessing with spawn, the start method those platforms default to.
+ON_REQUEST = {"manycore-macos-like", "manycore-windows-like", "mp-spawn"}
 # Variants that only mean something in one workload. manycore-shm: W8 with the array made by
 # manycore.shared_array, so that broadcasting it copies nothing; -fork and -spawn: the same with those start
 # methods (the plain one uses manycore's default).
@@ -374,7 +382,9 @@ def make_plan(requested: list[str] | None, workload_ids: list[str], probe: dict[
     notes: list[str] = []
     start_method = multiprocessing.get_start_method()
     if requested is None:
-        requested = [lib for lib in ALL_LIBS if lib != "mp-fork" or start_method != "fork"]
+        requested = [
+            lib for lib in ALL_LIBS if (lib != "mp-fork" or start_method != "fork") and lib not in ON_REQUEST
+        ]
         if start_method == "fork":
             notes.append("mp-fork not run: multiprocessing's default start method here is already fork.")
     libraries = []

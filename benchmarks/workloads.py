@@ -543,9 +543,12 @@ RUNNERS: dict[str, Callable[[], Runner]] = {
     "manycore-shm": ManycoreSharedRunner,
     "manycore-shm-fork": lambda: ManycoreSharedRunner("fork"),
     "manycore-shm-spawn": lambda: ManycoreSharedRunner("spawn"),
+    "manycore-macos-like": ManycoreRunner,
+    "manycore-windows-like": ManycoreRunner,
     "serial": SerialRunner,
     "mp": MultiprocessingRunner,
     "mp-fork": lambda: MultiprocessingRunner("fork"),
+    "mp-spawn": lambda: MultiprocessingRunner("spawn"),
     "ppe": ExecutorRunner,
     "ppe1": lambda: ExecutorRunner(force_chunksize=1),
     "joblib": JoblibRunner,
@@ -783,7 +786,9 @@ WORKLOADS: dict[str, Callable[[Runner, Params], Figures]] = {
     "W10": w10_fairness,
 }
 
-LIBRARY_STDLIB = {"serial", "mp", "mp-fork", "ppe", "ppe1"}
+LIBRARY_STDLIB = {"serial", "mp", "mp-fork", "mp-spawn", "ppe", "ppe1"}
+# manycore with Linux's fast paths hidden (manycore._platform): the code paths macOS and Windows run.
+LIBRARY_PLATFORM = {"manycore-macos-like": "macos-like", "manycore-windows-like": "windows-like"}
 
 # The module each library needs; imported by the child before any clock starts.
 LIBRARY_MODULES: dict[str, str] = {
@@ -791,6 +796,8 @@ LIBRARY_MODULES: dict[str, str] = {
     "manycore-shm": "manycore",
     "manycore-shm-fork": "manycore",
     "manycore-shm-spawn": "manycore",
+    "manycore-macos-like": "manycore",
+    "manycore-windows-like": "manycore",
     "joblib": "joblib",
     "loky": "loky",
     "mpire": "mpire",
@@ -799,6 +806,7 @@ LIBRARY_MODULES: dict[str, str] = {
     "ppe1": "concurrent.futures",
     "mp": "multiprocessing",
     "mp-fork": "multiprocessing",
+    "mp-spawn": "multiprocessing",
 }
 
 
@@ -806,6 +814,8 @@ def run_workload(library: str, workload: str, params: Params) -> Figures:
     """Import the library (outside any clock), then run one workload with a fresh runner."""
     import importlib
 
+    if library in LIBRARY_PLATFORM:  # before manycore is imported: it reads the switch once
+        os.environ["MANYCORE_PLATFORM"] = LIBRARY_PLATFORM[library]
     if library in LIBRARY_MODULES:
         importlib.import_module(LIBRARY_MODULES[library])
     return WORKLOADS[workload](RUNNERS[library](), params)

@@ -8,8 +8,37 @@ from collections.abc import Iterator
 import pytest
 
 import manycore
+from manycore import _launch, _platform
 
 from proc_helpers import children, wait_no_new_children
+
+# MANYCORE_PLATFORM=windows-like or macos-like (.ci/run runs the suite once more in each): manycore believes
+# Linux's fast paths are absent and runs the code paths those platforms run. A test of a feature the simulated
+# platform cannot have is skipped, saying which: ``@pytest.mark.needs("fork")``, or a start method parameter.
+SIMULATED = _platform.simulated()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "needs(*features): skip unless the platform (or the simulated one) has them (manycore._platform)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    available = set(_launch.available_start_methods())
+    for item in items:
+        marker = item.get_closest_marker("needs")
+        if marker is not None:
+            missing = [f for f in marker.args if not _platform.has(f)]
+            if missing:
+                item.add_marker(pytest.mark.skip(reason=_platform.lacks(*missing)))
+                continue
+        params = getattr(item, "callspec", None)
+        for value in params.params.values() if params is not None else ():
+            if isinstance(value, str) and value in _launch.START_METHODS and value not in available:
+                item.add_marker(pytest.mark.skip(reason=f"start method {value!r}: {_platform.describe()}"))
+                break
 
 
 @pytest.fixture

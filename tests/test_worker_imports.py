@@ -26,8 +26,10 @@ SHARED = {
     "manycore._protocol",
     "manycore._channel",
     "manycore._shm",
+    "manycore._segment",
     "manycore._wire",
     "manycore._mpstate",
+    "manycore._platform",
     "manycore.errors",
 }
 # What a worker must not load at start-up (each costs milliseconds of every worker's start, W6).

@@ -159,7 +159,8 @@ def _forget_in_child() -> None:
 
 
 atexit.register(_stop_shared)
-os.register_at_fork(after_in_child=_forget_in_child)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _is_process(backend: Any) -> bool:

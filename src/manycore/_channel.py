@@ -15,10 +15,12 @@ import itertools
 import os
 from collections import deque
 
+from . import _platform
+
 # The kinds are re-exported: the scheduler, jobs, results and engine name frame (and job) kinds ``_channel.MAP``.
 from ._protocol import BROADCAST as BROADCAST
 from ._protocol import CALL as CALL
-from ._protocol import HEADER
+from ._protocol import HEADER, MAX_NAMES_BODY, NAMES
 from ._protocol import INIT as INIT
 from ._protocol import INIT_FAILED as INIT_FAILED
 from ._protocol import MAP as MAP
@@ -43,6 +45,11 @@ RECYCLE_MAX = 16 << 20  # a recycled frame body is kept up to this size
 # user's process starts (os.system, subprocess with close_fds=False) must not inherit a segment.
 RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 MAX_FDS = 16  # file descriptors one recvmsg can take (shared-memory segments travel as memfds)
+# Descriptors travel with the bytes (SCM_RIGHTS) where the platform can; elsewhere segments travel by name, in a
+# NAMES frame ahead of the frame that uses them, and plain send/recv_into move the bytes (Windows has no
+# sendmsg).
+PASS_FDS = _platform.has("fd_passing")
+NAME_START = ("/mc", "mc")  # every segment name manycore makes (see _shm._new_name)
 
 
 class ProtocolError(Exception):
@@ -51,6 +58,12 @@ class ProtocolError(Exception):
 
 def _rights(fds: tuple[int, ...] | list[int]) -> list[tuple[int, int, bytes]]:
     return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+
+
+def _names_frame(names: tuple[int | str, ...]) -> bytes:
+    """The NAMES frame that carries ``names`` ahead of their frame (where descriptors cannot be passed)."""
+    body = "\0".join(map(str, names)).encode()
+    return HEADER.pack(NAMES, 0, len(names), 0, len(body)) + body
 
 
 class ParentChannel:
@@ -68,7 +81,12 @@ class ParentChannel:
         self._reader = FrameReader(sock)
 
     @property
-    def fds(self) -> deque[int]:
+    def names(self) -> set[str]:
+        """The names of the segments this worker sent (where segments travel by name)."""
+        return self._reader.names_seen
+
+    @property
+    def fds(self) -> deque[int | str]:
         """File descriptors received, in order; a frame that announces a segment takes the next one."""
         return self._reader.fds
 
@@ -76,7 +94,7 @@ class ParentChannel:
         return self.sock.fileno()
 
     def send(
-        self, kind: int, chunk_id: int, arg: int, flags: int, *parts: bytes, fds: tuple[int, ...] = ()
+        self, kind: int, chunk_id: int, arg: int, flags: int, *parts: bytes, fds: tuple[int | str, ...] = ()
     ) -> bool:
         """Send a frame without blocking; True when part of it waits in the backlog for ``flush``.
 
@@ -86,12 +104,13 @@ class ParentChannel:
         length = 0
         for p in parts:
             length += len(p)
-        views = [
-            (
-                memoryview(HEADER.pack(kind, chunk_id, arg, flags, length)),
-                tuple(map(os.dup, fds)) if fds else (),
-            )
-        ]
+        head = HEADER.pack(kind, chunk_id, arg, flags, length)
+        dups: tuple[int, ...] = ()
+        if fds and PASS_FDS:
+            dups = tuple(os.dup(int(fd)) for fd in fds)
+        elif fds:
+            head = _names_frame(fds) + head
+        views = [(memoryview(head), dups)]
         views.extend((memoryview(p), ()) for p in parts if len(p))
         with self._lock:
             if self.closed:
@@ -120,7 +139,12 @@ class ParentChannel:
                     batch.append(item)
             fds = batch[0][1]
             try:
-                sent = self.sock.sendmsg([view for view, _ in batch], _rights(fds))
+                if PASS_FDS:
+                    sent = self.sock.sendmsg([view for view, _ in batch], _rights(fds))
+                elif len(batch) > 1 and sum(len(view) for view, _ in batch) <= 65536:
+                    sent = self.sock.send(b"".join([view for view, _ in batch]))
+                else:
+                    sent = self.sock.send(batch[0][0])
             except (BlockingIOError, InterruptedError):
                 return True
             except OSError:
@@ -185,8 +209,10 @@ class ParentChannel:
             self._reader.check = None
 
 
-def _close_all(fds: tuple[int, ...] | deque[int]) -> None:
+def _close_all(fds: tuple[int, ...] | deque[int | str]) -> None:
     for fd in fds:
+        if isinstance(fd, str):
+            continue  # a segment's name: its owner unlinks it
         try:  # noqa: SIM105 (no contextlib: workers import as little as they can)
             os.close(fd)
         except OSError:
@@ -217,9 +243,16 @@ class FrameReader:
         self._body: bytearray | memoryview | None = None
         self._spare: bytearray | None = None  # a large body handed back (``recycle``), filled next time
         self._got = 0
-        self.fds: deque[int] = deque()
+        # Descriptors (or, where they cannot be passed, segment names) that came with frames, in order.
+        self.fds: deque[int | str] = deque()
+        self._names: list[str] = []  # from a NAMES frame, handed out with the frame after it
+        self.names_seen: set[str] = (
+            set()
+        )  # every segment name received (the parent unlinks them, see _lifecycle)
 
     def _recv_into(self, view: memoryview) -> int:
+        if not PASS_FDS:
+            return self._sock.recv_into(view)
         # recvmsg, not recv: plain recv would silently drop the file descriptors that frames carry.
         n, ancdata, _, _ = self._sock.recvmsg_into([view], socket.CMSG_SPACE(MAX_FDS * 4), RECV_FLAGS)
         for level, kind, data in ancdata:
@@ -276,6 +309,27 @@ class FrameReader:
         self._end += n
         return self._parse()
 
+    def _take_names(self, frame: Frame, length: int) -> bool:
+        """Read a NAMES frame whole from the buffer; False when it is not all there yet, or is refused."""
+        body_start = self._start + HEADER.size
+        try:
+            if self.check is not None and (PASS_FDS or length > MAX_NAMES_BODY or self._names):
+                raise ProtocolError("a NAMES message where descriptors travel, or a malformed one")
+            if length > self._end - body_start:
+                return False  # small (MAX_NAMES_BODY): the rest comes into the same buffer
+            names = bytes(self._buf[body_start : body_start + length]).decode().split("\0")
+            if self.check is not None and (
+                len(names) != frame.arg or not all(n.startswith(NAME_START) for n in names)
+            ):
+                raise ProtocolError("a NAMES message that names no segment of manycore's")
+        except (UnicodeDecodeError, ProtocolError) as exc:
+            self.error = exc if isinstance(exc, ProtocolError) else ProtocolError("a garbled NAMES message")
+            self._start = self._end = 0
+            return False
+        self._names = names[: frame.arg]
+        self._start = body_start + length
+        return True
+
     def _parse(self) -> list[Frame]:
         frames: list[Frame] = []
         buf = self._buf
@@ -285,6 +339,11 @@ class FrameReader:
         while end - self._start >= header_size:
             kind, chunk_id, arg, flags, length = unpack(buf, self._start)
             frame = Frame(kind, chunk_id, arg, flags, _NO_BODY)
+            if kind == NAMES:
+                taken = self._take_names(frame, length)
+                if taken:
+                    continue
+                break
             if check is not None:
                 try:
                     check(frame, length)
@@ -295,6 +354,11 @@ class FrameReader:
                     break
             body_start = self._start + header_size
             available = end - body_start
+            if self._names:
+                # As descriptors come with a frame's first byte: the names are the receiver's with their frame.
+                self.fds.extend(self._names)
+                self.names_seen.update(self._names)
+                self._names = []
             if length <= available:
                 frame.body = buf[body_start : body_start + length]
                 frames.append(frame)
@@ -335,14 +399,19 @@ def send_frame(
     arg: int,
     flags: int,
     body: bytes = b"",
-    fds: tuple[int, ...] = (),
+    fds: tuple[int | str, ...] = (),
 ) -> None:
-    """Blocking send of one frame (worker side); ``fds`` leave with its first byte."""
+    """Blocking send of one frame (worker side); ``fds`` (or segment names) leave with its first byte."""
     head = HEADER.pack(kind, chunk_id, arg, flags, len(body))
+    if fds and not PASS_FDS:
+        head, fds = _names_frame(fds) + head, ()
     if len(body) < 65536:
         head, body = head + body, b""
-    sent = sock.sendmsg([head], _rights(fds))
-    if sent < len(head):
-        sock.sendall(memoryview(head)[sent:])
+    if fds:
+        sent = sock.sendmsg([head], _rights(fds))  # type: ignore[arg-type]
+        if sent < len(head):
+            sock.sendall(memoryview(head)[sent:])
+    else:
+        sock.sendall(head)
     if body:
         sock.sendall(body)

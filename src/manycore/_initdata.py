@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing import context, process
 from typing import Any, ClassVar
 
-from . import _mpstate
+from . import _mpstate, _platform
 from ._serialize import dumps_function
 from ._wire import PROTOCOL, dumps
 from .errors import SerializationError
@@ -127,6 +127,16 @@ def pack(
         ) from exc
     finally:
         context.set_spawning_popen(None)
+    if spawning.fds and not _platform.has("fd_passing"):
+        for fd in spawning.fds:
+            os.close(fd)
+        raise SerializationError(
+            f"initargs hold {len(spawning.fds)} object(s) that need a file descriptor in each worker (a "
+            f"multiprocessing Queue, Pipe, Value or Array), and {_platform.lacks('fd_passing')}: pass a "
+            "multiprocessing.Manager() proxy instead (manager.Queue(), manager.Lock(), manager.Value()), which "
+            "workers reach by connecting to the manager",
+            what="initargs",
+        )
     if len(spawning.fds) > MAX_INIT_FDS:
         for fd in spawning.fds:
             os.close(fd)

@@ -57,7 +57,8 @@ def _forget_locks_in_child() -> None:
         journal.forget()
 
 
-os.register_at_fork(after_in_child=_forget_locks_in_child)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_forget_locks_in_child)
 
 
 # ---- the file --------------------------------------------------------------------------------------------

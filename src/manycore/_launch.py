@@ -1,7 +1,10 @@
 """Starting worker processes and learning how they ended: one launcher per start method.
 
-Every launcher hands a worker the child end of a socket pair and a status page (a memfd), and reports exit
-codes as ``(pid, exitcode)`` pairs, negative for a signal as in ``multiprocessing``.
+Every launcher gives a worker a socket to the parent and a status page (a shared-memory segment, see ``_shm``),
+and reports exit codes as ``(pid, exitcode)`` pairs, negative for a signal as in ``multiprocessing``. The
+socket is the child end of a socket pair, inherited or passed as a descriptor; where descriptors cannot be
+passed (Windows), a spawned worker connects back to the parent over loopback and proves with a one-time key,
+read from its stdin, that it is the process the parent started (``SpawnLauncher._connect_back``).
 
 - ``forkserver`` (the default on Linux): a zygote (see ``_zygote``), a fresh interpreter, forks each worker.
 - ``fork``: ``os.fork()`` of the user's process. Fastest, shares the parent's memory copy-on-write, but unsafe
@@ -23,14 +26,36 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from . import _mpstate
+from . import _mpstate, _platform
 from ._zygote import MESSAGE
 
 START_METHODS = ("forkserver", "fork", "spawn")
+# What each start method needs of the platform (see _platform): the fork server forks workers that die with it
+# (PR_SET_PDEATHSIG), from requests on a SOCK_SEQPACKET socket that carry their descriptors.
+_NEEDS = {"forkserver": ("fork", "fd_passing", "seqpacket", "pdeathsig"), "fork": ("fork",), "spawn": ()}
+SOCKET_BUFFER = 4 << 20
+CONNECT_TIMEOUT = (
+    60.0  # seconds a spawned worker has to connect back (a cold interpreter on a loaded machine)
+)
+KEY_SIZE = 32
+
+
+def available_start_methods() -> list[str]:
+    return [m for m in START_METHODS if all(_platform.has(f) for f in _NEEDS[m])]
 
 
 def default_start_method() -> str:
-    return "forkserver" if sys.platform.startswith("linux") else "spawn"
+    # multiprocessing's defaults: forkserver where it is safe, spawn elsewhere (fork with threads is not).
+    return "forkserver" if "forkserver" in available_start_methods() else "spawn"
+
+
+def require_start_method(method: str) -> None:
+    """A clear error for a start method this platform cannot offer."""
+    if method in START_METHODS and method not in available_start_methods():
+        raise ValueError(
+            f"start_method={method!r} is not available here: {_platform.lacks(*_NEEDS[method])}. "
+            f"Use one of {', '.join(map(repr, available_start_methods()))}"
+        )
 
 
 def _clean_path(path: list[str]) -> str:
@@ -77,7 +102,8 @@ def _new_launch_lock() -> None:
     _LAUNCH_LOCK = threading.RLock()
 
 
-os.register_at_fork(after_in_child=_new_launch_lock)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_new_launch_lock)
 
 
 class Launcher:
@@ -89,8 +115,26 @@ class Launcher:
     def __init__(self) -> None:
         self.exits: dict[int, int] = {}
 
+    def launch(
+        self, wid: int, status: int | str, close_in_child: list[int]
+    ) -> tuple[socket.socket, int | None]:
+        """Start a worker: the parent's end of its socket, and its pid (None: the fork server reports it)."""
+        mine, theirs = socket.socketpair()
+        for end in (mine, theirs):
+            # Larger socket buffers mean fewer partial sends, wakeups and flushes when chunks are large
+            # (the kernel caps the request at net.core.wmem_max).
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+        try:
+            pid = self.start(wid, theirs, status, [*close_in_child, mine.fileno()])
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        return mine, pid
+
     def start(
-        self, wid: int, child: socket.socket, status_fd: int, close_in_child: Iterable[int]
+        self, wid: int, child: socket.socket, status_fd: int | str, close_in_child: Iterable[int]
     ) -> int | None:
         raise NotImplementedError
 
@@ -122,7 +166,7 @@ class ForkLauncher(Launcher):
         self.inherit: tuple[Any, tuple[Any, ...]] = (None, ())
 
     def start(
-        self, wid: int, child: socket.socket, status_fd: int, close_in_child: Iterable[int]
+        self, wid: int, child: socket.socket, status_fd: int | str, close_in_child: Iterable[int]
     ) -> int | None:
         from ._worker import _blas, _entry
 
@@ -156,24 +200,106 @@ class SpawnLauncher(Launcher):
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         # The worker environment (BLAS thread limits) is the interpreter's from the start, so that a
         # preloaded numpy starts with it.
-        self._env = {**os.environ, **env} if env else None
+        # A spawned worker makes the parent's choices (_platform), whatever the environment says by now.
+        self._env = {**os.environ, **(env or {}), _platform.VARIABLE: _platform.simulated() or "native"}
         self._preload = preload or []
+        self._listener: socket.socket | None = None  # where workers connect back (no descriptor passing)
 
-    def start(
-        self, wid: int, child: socket.socket, status_fd: int, close_in_child: Iterable[int]
-    ) -> int | None:
+    def launch(
+        self, wid: int, status: int | str, close_in_child: list[int]
+    ) -> tuple[socket.socket, int | None]:
+        if _platform.has("fd_passing"):
+            return super().launch(wid, status, close_in_child)
+        return self._connect_back(status)
+
+    def _code(self, entry: str, args: str) -> str:
         # sys.path is set before any import: ``python -c`` puts the current directory first on it, and a
         # struct.py or json.py there would otherwise run in the worker (see ``_clean_path``).
-        code = (
-            f"{_clean_path(sys.path)}from manycore._worker._entry import spawn_main; "
-            f"spawn_main({child.fileno()}, {status_fd}, sys.path[:], {self._preload!r})"
+        return (
+            f"{_clean_path(sys.path)}from manycore._worker._entry import {entry}; "
+            f"{entry}({args}, sys.path[:], {self._preload!r})"
         )
+
+    def start(
+        self, wid: int, child: socket.socket, status_fd: int | str, close_in_child: Iterable[int]
+    ) -> int | None:
+        code = self._code("spawn_main", f"{child.fileno()}, {status_fd!r}")
+        pass_fds = (child.fileno(), status_fd) if isinstance(status_fd, int) else (child.fileno(),)
         with _LAUNCH_LOCK:
-            proc = subprocess.Popen(
-                [*_interpreter_args(), "-c", code], pass_fds=(child.fileno(), status_fd), env=self._env
-            )
+            proc = subprocess.Popen([*_interpreter_args(), "-c", code], pass_fds=pass_fds, env=self._env)
         self._procs[proc.pid] = proc
         return proc.pid
+
+    def _connect_back(self, status: int | str) -> tuple[socket.socket, int | None]:
+        """Spawn a worker that connects back over loopback, and take its connection (no descriptor passing).
+
+        The worker reads a one-time key from its stdin (a pipe only the parent holds: never the command line,
+        which other users can read) and sends it first; a connection without it is closed unread, so another
+        local process cannot become a worker, and the key is worthless once used. The listener exists while
+        the launcher does; it accepts only here, while the worker it waits for starts.
+        """
+        if self._listener is None:
+            self._listener = socket.create_server(("127.0.0.1", 0))
+        host, port = self._listener.getsockname()[:2]
+        key = os.urandom(KEY_SIZE)
+        code = self._code("connect_main", f"({host!r}, {port}), {status!r}")
+        with _LAUNCH_LOCK:
+            proc = subprocess.Popen([*_interpreter_args(), "-c", code], stdin=subprocess.PIPE, env=self._env)
+        self._procs[proc.pid] = proc
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(key)
+            proc.stdin.close()
+        except OSError:  # it died already: its exit code says why
+            pass
+        conn = self._accept(key, proc)
+        if conn is None:
+            # It never connected (it died, or hung): a socket at EOF makes it a worker lost before READY.
+            proc.kill()
+            conn, dead = socket.socketpair()
+            dead.close()
+            return conn, proc.pid
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # frames are small and latency matters
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+        return conn, proc.pid
+
+    def _accept(self, key: bytes, proc: subprocess.Popen[bytes]) -> socket.socket | None:
+        import hmac
+        import time
+
+        assert self._listener is not None
+        deadline = time.monotonic() + CONNECT_TIMEOUT
+        self._listener.settimeout(0.05)
+        while time.monotonic() < deadline:
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                if proc.poll() is not None:
+                    return None
+                continue
+            conn.settimeout(5.0)
+            got = b""
+            try:
+                while len(got) < KEY_SIZE:
+                    part = conn.recv(KEY_SIZE - len(got))
+                    if not part:
+                        break
+                    got += part
+            except OSError:
+                pass
+            if hmac.compare_digest(got, key):
+                conn.settimeout(None)
+                return conn
+            conn.close()  # not our worker (or a worker that gave up): refused unread
+        return None
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def forget(self) -> None:
+        self.close()
 
     def poll(self, pid: int) -> int | None:
         proc = self._procs.get(pid)
@@ -220,8 +346,9 @@ class ForkServerLauncher(Launcher):
         self.control_fd = self._ctrl.fileno()
 
     def start(
-        self, wid: int, child: socket.socket, status_fd: int, close_in_child: Iterable[int]
+        self, wid: int, child: socket.socket, status_fd: int | str, close_in_child: Iterable[int]
     ) -> int | None:
+        assert isinstance(status_fd, int)  # the fork server exists only where descriptors can be passed
         self._ctrl.setblocking(True)
         try:
             socket.send_fds(
@@ -276,6 +403,7 @@ def make_launcher(start_method: str, env: dict[str, str] | None = None) -> Launc
     # and importing it at start-up, while the parent is busy elsewhere, keeps it off the first task's time
     # (W8 with spawn: 0.31 s without, most of it two numpy imports on the clock).
     preload = ["numpy"] if "numpy" in sys.modules else []
+    require_start_method(start_method)
     if start_method == "forkserver":
         return ForkServerLauncher(env, preload)
     if start_method == "fork":

@@ -21,7 +21,8 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
-from ._launch import START_METHODS
+from . import _platform
+from ._launch import START_METHODS, require_start_method
 from ._shm import DEFAULT_THRESHOLD
 
 OnError = Literal["raise", "return"]
@@ -41,8 +42,8 @@ def cpu_count() -> int:
     Inside a manycore worker: that worker's share of its pool's cores (``MANYCORE_CPU_SHARE``).
     """
     try:
-        count = len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
+        count = (len(os.sched_getaffinity(0)) if _platform.has("sched") else os.cpu_count()) or 1
+    except OSError:
         count = os.cpu_count() or 1
     share = os.environ.get(CPU_SHARE_VARIABLE, "")
     if share.isdigit() and int(share) >= 1:
@@ -122,6 +123,7 @@ def check_start_method(value: object, name: str = "start_method") -> str | None:
         return None
     if value not in START_METHODS:
         raise ValueError(f"{name} must be one of {', '.join(START_METHODS)}, not {value!r}")
+    require_start_method(value)
     return str(value)
 
 

@@ -26,7 +26,8 @@ RESULT         to parent  the chunk             ``compute_ns``: the chunk's  PAR
 SKIPPED        to parent  the chunk             0                            0
 =============  =========  ====================  ===========================  ==================================
 
-A frame with ``OUT_OF_BAND`` carries one memfd (SCM_RIGHTS, with its first byte); its body starts with the
+A frame with ``OUT_OF_BAND`` carries one memfd (SCM_RIGHTS, with its first byte; where descriptors cannot be
+passed, its segment's name in a ``NAMES`` frame just before it); its body starts with the
 ``OOB`` block that says where the buffers lie in that segment. A BROADCAST frame carries one when its body's
 segment id is not 0.
 
@@ -56,6 +57,11 @@ MAP, STARMAP, CALL, STOP, BROADCAST, RELEASE, SEGMENT_FREE, INIT = 1, 2, 3, 4, 5
 # Kinds, worker -> parent.
 READY, RESULT, INIT_FAILED = 11, 12, 13
 SKIPPED = 14  # a queued chunk the parent took back (its token was gone): not run here
+# Either way, where descriptors cannot be passed: the names of the shared-memory segments the next frame carries
+# (``arg`` names, body their UTF-8 joined by NUL). The reader hands them out with that frame, as it would hand
+# out descriptors that came with its first byte; never delivered as a frame of its own.
+NAMES = 20
+MAX_NAMES_BODY = 4096
 
 # Task frames' flags: b = fn_len << FN_SHIFT | k << BLOCK_SHIFT | TOKEN | OUT_OF_BAND | TRACK_ITEMS.
 # TRACK_ITEMS: the job has a task_timeout, so the status page gets each item's start time too.
@@ -109,7 +115,7 @@ class Frame:
         self.arg = arg
         self.flags = flags
         self.body = body
-        self.fd: int | None = None  # the shared-memory segment this frame's data lives in, if any
+        self.fd: int | str | None = None  # the shared-memory segment this frame's data lives in, if any
 
 
 # The slot descriptors themselves under each kind's name: reading and writing go to the same slot, in C.

@@ -26,12 +26,21 @@ the parent: there is nothing in ``/dev/shm`` to leak. A segment's fd travels wit
 
 from __future__ import annotations
 
-import itertools
 import mmap
 import os
-import sys
 
 from ._protocol import OOB, SPAN  # the out-of-band block: a header, then one (offset, length) span per buffer
+
+# Segments themselves are _segment's; these names are re-exported, used as ``_shm.Segment`` and so on.
+from ._segment import KIND as KIND
+from ._segment import Segment as Segment
+from ._segment import close_handle as close_handle
+from ._segment import given_away as given_away
+from ._segment import limit_error as limit_error
+from ._segment import open_handle as open_handle
+from ._segment import unlink_all as unlink_all
+from ._segment import unlink_name as unlink_name
+from ._segment import unlink_names as unlink_names
 
 TYPE_CHECKING = False  # workers import this module: see manycore/__init__.py
 if TYPE_CHECKING:
@@ -48,85 +57,10 @@ MAX_POOLED_BYTES = 1 << 30
 # Free segments a pool keeps, whatever their size: each costs descriptors (see ``Segment``), and a process may
 # have as few as 256 (RLIMIT_NOFILE) for everything it does.
 MAX_POOLED_SEGMENTS = 16
-# From Python 3.13 a mapping need not keep a duplicate of its file's descriptor; before, each mapping costs one.
-_UNTRACKED: dict[str, bool] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 
 
 def _round(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
-
-
-class Segment:
-    """A memfd and the parent's (or worker's) mapping of it."""
-
-    __slots__ = ("fd", "map", "sid", "size")
-
-    _ids = itertools.count(1)
-
-    def __init__(self, size: int) -> None:
-        self.sid = next(self._ids)
-        self.size = max(size, 1)
-        try:
-            self.fd = os.memfd_create("manycore", os.MFD_CLOEXEC)
-        except OSError as exc:
-            self.fd = -1
-            raise limit_error(exc, "a shared-memory segment") from exc
-        try:
-            os.ftruncate(self.fd, self.size)
-            self.map = mmap.mmap(self.fd, self.size, **_UNTRACKED)
-        except BaseException as exc:
-            fd, self.fd = (
-                self.fd,
-                -1,
-            )  # or __del__ would close the number again, by then perhaps someone else's
-            os.close(fd)
-            if isinstance(exc, OSError):
-                raise limit_error(exc, "a shared-memory segment") from exc
-            raise
-
-    def __del__(self) -> None:
-        # A safety net, like an unclosed file's: the mapping goes with the object, but the fd would stay open
-        # for the life of the process, and the kernel frees a memfd only once no fd refers to it.
-        if getattr(self, "fd", -1) >= 0:
-            import warnings
-
-            warnings.warn(f"unclosed shared-memory segment of {self.size} bytes", ResourceWarning, 2)
-            fd, self.fd = self.fd, -1
-            os.close(fd)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            # The number is forgotten before it is closed: a child forked meanwhile by another thread must not
-            # find it still recorded here once it may name another file (see _process._lifecycle._forked_away).
-            fd, self.fd = self.fd, -1
-            os.close(fd)
-        try:  # noqa: SIM105 (no contextlib: workers import as little as they can)
-            self.map.close()
-        except BufferError:
-            pass  # views still exported: the mapping goes when they do
-
-
-def limit_error(exc: OSError, what: str) -> OSError:
-    """``exc`` with a message that names the limit reached, when it is one, and what to do about it."""
-    import errno
-
-    if exc.errno in (errno.EMFILE, errno.ENFILE):
-        import resource
-
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        return OSError(
-            exc.errno,
-            f"manycore could not open {what}: too many open files in process {os.getpid()} "
-            f"(RLIMIT_NOFILE soft limit {soft}). Raise the limit (ulimit -n, or resource.setrlimit("
-            "resource.RLIMIT_NOFILE, ...)), or close files the program keeps open",
-        )
-    if exc.errno == errno.ENOMEM:
-        return OSError(
-            exc.errno,
-            f"manycore could not map {what} in process {os.getpid()}: out of memory or of memory mappings "
-            "(sysctl vm.max_map_count). Hold fewer large results at once, or raise vm.max_map_count",
-        )
-    return exc
 
 
 def pack(payload: list[bytes], buffers: list[pickle.PickleBuffer], segment: Segment | None) -> bytes:
@@ -160,9 +94,9 @@ def segment_id(data: bytes | bytearray | memoryview) -> int:
 
 
 def unpack(
-    data: memoryview, fd: int | None, *, readonly: bool = False, copy: bool = False
+    data: memoryview, fd: int | str | None, *, readonly: bool = False, copy: bool = False
 ) -> tuple[Any, mmap.mmap | None, list[memoryview]]:
-    """Rebuild an object from header + table + payload and the segment's fd (closed here).
+    """Rebuild an object from header + table + payload and the segment's handle (fd closed here, or name).
 
     Returns the object, the mapping and the buffer views handed to pickle, so that the caller can tell
     afterwards (``release``) whether anything still uses the segment. With ``copy``, the segment is read
@@ -175,19 +109,20 @@ def unpack(
     views: list[memoryview] = []
     if fd is not None:
         try:
-            if size and copy:
+            if size and copy and KIND == "memfd" and isinstance(fd, int):
                 owned = _read_all(fd, size)
-            elif size and readonly:
+            elif size and copy:
+                with open_handle(fd, size, readonly=True) as whole_map:
+                    owned = bytearray(whole_map)
+            elif size:
                 # Mapped lazily, not with MAP_POPULATE: a worker often reads only part of a broadcast, and even
                 # a full read is quicker by faults (the kernel maps 16 pages per fault) than populated up front
                 # (256 MiB: 20 ms against 50 ms, measured).
-                mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, **_UNTRACKED)
-            elif size:
-                mapping = mmap.mmap(fd, size, **_UNTRACKED)
+                mapping = open_handle(fd, size, readonly)
         except OSError as exc:
             raise limit_error(exc, "a shared-memory segment") from exc
         finally:
-            os.close(fd)
+            close_handle(fd)
     source = owned if owned is not None else mapping
     whole = memoryview(source) if source is not None else memoryview(b"")
     for k in range(n):
@@ -336,9 +271,8 @@ def shared_array(shape: Any, dtype: Any = float, order: str = "C") -> Any:
 
 def _forget(base: int) -> None:
     segment = _SHARED.pop(base, None)
-    if segment is not None and segment.fd >= 0:
-        fd, segment.fd = segment.fd, -1
-        os.close(fd)  # the mapping stays while views of the array live
+    if segment is not None and segment.open:
+        segment.forget_handle()  # the mapping stays while views of the array live
 
 
 def find_shared(buffers: list[pickle.PickleBuffer]) -> tuple[Segment, list[tuple[int, int]]] | None:
@@ -351,7 +285,7 @@ def find_shared(buffers: list[pickle.PickleBuffer]) -> tuple[Segment, list[tuple
         raw = buf.raw()
         addr = _address(raw)
         for base, segment in _SHARED.items():
-            if base <= addr and addr + raw.nbytes <= base + segment.size and segment.fd >= 0:
+            if base <= addr and addr + raw.nbytes <= base + segment.size and segment.open:
                 if found is not None and found is not segment:
                     return None
                 found = segment

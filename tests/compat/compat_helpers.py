@@ -28,11 +28,16 @@ FULL = os.environ.get("MANYCORE_FULL_COMPAT", "") not in ("", "0")
 def skip_unless_full(cls: type, method: str) -> None:
     """Skips a generated class outside the full run, but keeps it: a worker finds it by name when a test sends
     one of its (class)methods, whatever that worker's environment says about the full run."""
-    if not FULL and method != "forkserver":
+    from manycore import _launch, _platform
+
+    if method not in _launch.available_start_methods():
+        cls.__unittest_skip__ = True  # type: ignore[attr-defined]
+        cls.__unittest_skip_why__ = f"start method {method!r}: {_platform.describe()}"  # type: ignore[attr-defined]
+    elif not FULL and method != _launch.default_start_method():
         cls.__unittest_skip__ = True  # type: ignore[attr-defined]
         cls.__unittest_skip_why__ = (  # type: ignore[attr-defined]
             f"the {method} start method runs with MANYCORE_FULL_COMPAT=1 (.ci/run sets it for one interpreter); "
-            "the default run keeps to forkserver, manycore's default, for the suite's time budget"
+            "the default run keeps to manycore's default start method, for the suite's time budget"
         )
 
 

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import mmap
 import os
-import socket
 import threading
 import time
 import weakref
 
 from .. import _channel as ch
-from .. import _initdata
+from .. import _initdata, _shm
 from .._jobs import State
 from .._launch import launching
 from .._protocol import INIT, STATUS_SIZE
@@ -26,7 +24,7 @@ from .._waiting import Latch
 from ..errors import InitializerError, PoolClosedError
 from ._poller import READ, WRITE
 from ._state import ProcessState
-from ._workers import SOCKET_BUFFER, Worker, _dying, _hurry_exit, _token_pipe, _wait_for_eof
+from ._workers import Worker, _dying, _hurry_exit, _token_pipe, _wait_for_eof
 
 START_FAILURES_LIMIT = 5  # consecutive workers dying before READY: the pool cannot start workers
 EXIT_CODE_GRACE = 2.0  # seconds to wait for a lost worker's exit code before reporting without it
@@ -54,7 +52,8 @@ def _after_fork_in_child() -> None:
     _live.clear()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class WorkerLifecycle(ProcessState):
@@ -107,37 +106,43 @@ class WorkerLifecycle(ProcessState):
 
     def _start_worker_unguarded(self) -> None:
         wid = next(self._wids)
-        mine, theirs = socket.socketpair()
-        for end in (mine, theirs):
-            # Larger socket buffers mean fewer partial sends, wakeups and flushes when chunks are large
-            # (the kernel caps the request at net.core.wmem_max).
-            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-        status_fd = os.memfd_create("manycore-status", os.MFD_CLOEXEC)
+        status = _shm.Segment(STATUS_SIZE, "manycore-status")  # the worker's status page
         try:
-            os.ftruncate(status_fd, STATUS_SIZE)
-            page = mmap.mmap(status_fd, STATUS_SIZE)
-            tokens = _token_pipe()
-            close_in_child = [self._wake_r, self._wake_w, mine.fileno(), *tokens]
+            # Work stealing needs the worker to share a pipe with the parent: passed with the INIT frame where
+            # descriptors can be passed; elsewhere no chunk is taken back once sent (see _assign.steal).
+            tokens = _token_pipe() if ch.PASS_FDS else (-1, -1)
+            close_in_child = [self._wake_r, self._wake_w, *tokens]
             close_in_child += [w.channel.fileno() for w in self._workers.values()]
             close_in_child += [fd for w in self._workers.values() for fd in w.tokens]
             if self._launcher.control_fd is not None:
                 close_in_child.append(self._launcher.control_fd)
             try:
-                pid = self._launcher.start(wid, theirs, status_fd, close_in_child)
+                mine, pid = self._launcher.launch(wid, status.handle, close_in_child)
             except BaseException:
                 for fd in tokens:
-                    os.close(fd)
+                    if fd >= 0:
+                        os.close(fd)
+                status.close()
                 raise
         finally:
-            theirs.close()
-            os.close(status_fd)
+            # The worker has its own descriptor (or opens the name, and unlinks it, itself): the mapping is
+            # the parent's part.
+            page = status.detach()
         w = Worker(wid, ch.ParentChannel(mine), page, pid, tokens)
         fds = self._init_fds
         nfds = len(fds) - (self._tracker is not None)
         head = _initdata.header(self.start_method, nfds, self._tracker)
         # The init data's descriptors first (the worker takes as many as the header counts), then the read end
         # of the worker's token pipe.
-        w.channel.send(INIT, 0, len(head), 0, head, self._init_blob, fds=(*fds, tokens[0]))
+        w.channel.send(
+            INIT,
+            0,
+            len(head),
+            0,
+            head,
+            self._init_blob,
+            fds=(*fds, *tokens[:1]) if tokens[0] >= 0 else tuple(fds),
+        )
         self._workers[wid] = w
         self._selector.register(w.channel.fileno(), READ | WRITE, w)
 
@@ -147,6 +152,7 @@ class WorkerLifecycle(ProcessState):
         with self._lock:
             self._selector.unregister(w.channel.fileno())
             w.channel.close()
+            _shm.unlink_names(w.channel.names)  # results held stay mapped; a killed worker cannot unlink them
             del self._workers[w.wid]
             w.lost_at = time.monotonic()
             self._lost.append(w)
@@ -211,6 +217,7 @@ class WorkerLifecycle(ProcessState):
                 _wait_for_eof(w.channel, deadline)
             with contextlib.suppress(OSError):
                 w.channel.close()
+            _shm.unlink_names(w.channel.names)
         # Closing the launcher stops the fork server, which first kills and reaps any worker still there.
         self._launcher.close()
         self._segments.close()

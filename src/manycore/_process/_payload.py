@@ -84,7 +84,7 @@ class MappedResults:
         self.mapped: set[int] = set()  # result segments the user still holds mapped (see MAX_MAPPED_RESULTS)
         self._mapping_ids = itertools.count()
 
-    def unpack_in_place(self, channel: ch.ParentChannel, body: bytearray | memoryview, fd: int) -> Any:
+    def unpack_in_place(self, channel: ch.ParentChannel, body: bytearray | memoryview, fd: int | str) -> Any:
         """Results rebuilt on the worker's segment itself; the segment goes back once nothing uses it."""
         sid = _shm.segment_id(body)
         if len(self.mapped) >= MAX_MAPPED_RESULTS:

@@ -1,17 +1,20 @@
-"""The supervisor's poller: one ``epoll`` over every worker socket, the wake-up pipe and the fork server.
+"""The supervisor's poller: one readiness wait over every worker socket, the wake-up pipe and the fork server.
 
-Its one reason to change is how the supervisor waits for descriptors.
+Its one reason to change is how the supervisor waits for descriptors: ``select.epoll`` where the platform has it
+(Linux), else the ``selectors`` module's best (kqueue on macOS and the BSDs, poll, select on Windows sockets).
+Also ``wait_readable``, the one-descriptor wait of the threads that read a worker's socket themselves.
 """
 
 from __future__ import annotations
 
 import select
+import selectors
 from typing import Any
 
-READ = select.EPOLLIN
-WRITE = select.EPOLLOUT
-_READABLE = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
-_WRITABLE = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
+from .. import _platform
+
+READ = 1  # selectors.EVENT_READ, and what the epoll poller maps to EPOLLIN
+WRITE = 2  # selectors.EVENT_WRITE / EPOLLOUT
 
 
 class Poller:
@@ -21,17 +24,26 @@ class Poller:
     per result while ``apply`` registers and unregisters a worker on every call (W5).
     """
 
+    sees_changes = True  # a descriptor registered by another thread is watched by a wait already begun
+
     def __init__(self) -> None:
         self._epoll = select.epoll()
+        self._EVENTS = {
+            READ: select.EPOLLIN,
+            WRITE: select.EPOLLOUT,
+            READ | WRITE: select.EPOLLIN | select.EPOLLOUT,
+        }
         self._data: dict[int, tuple[Any, int]] = {}
+        self._readable = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
+        self._writable = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
 
     def register(self, fd: int, events: int, data: Any) -> None:
-        self._epoll.register(fd, events)
+        self._epoll.register(fd, self._EVENTS[events])
         self._data[fd] = (data, events)
 
     def modify(self, fd: int, events: int, data: Any) -> None:
         if self._data[fd][1] != events:
-            self._epoll.modify(fd, events)
+            self._epoll.modify(fd, self._EVENTS[events])
             self._data[fd] = (data, events)
 
     def unregister(self, fd: int) -> None:
@@ -42,11 +54,75 @@ class Poller:
         """(data, readable, writable) for each ready descriptor; hang-up and error count as both."""
         ready = []
         data = self._data
+        readable, writable = self._readable, self._writable
         for fd, ev in self._epoll.poll(-1 if timeout is None else timeout):
             entry = data.get(fd)
             if entry is not None:  # unregistered by another thread meanwhile
-                ready.append((entry[0], bool(ev & _READABLE), bool(ev & _WRITABLE)))
+                ready.append((entry[0], bool(ev & readable), bool(ev & writable)))
         return ready
 
     def close(self) -> None:
         self._epoll.close()
+
+
+class PortablePoller:
+    """The same interface over the ``selectors`` module, for platforms without epoll."""
+
+    def __init__(self) -> None:
+        self.sees_changes = _platform.has("kqueue")  # as epoll; poll and select do not
+        if _platform.has("kqueue"):
+            self._selector: selectors.BaseSelector = selectors.KqueueSelector()  # type: ignore[attr-defined,unused-ignore]
+        elif _platform.has("poll"):
+            self._selector = selectors.PollSelector()
+        else:
+            self._selector = selectors.SelectSelector()
+
+    def register(self, fd: int, events: int, data: Any) -> None:
+        self._selector.register(fd, events, data)
+
+    def modify(self, fd: int, events: int, data: Any) -> None:
+        if self._selector.get_key(fd).events != events:
+            self._selector.modify(fd, events, data)
+
+    def unregister(self, fd: int) -> None:
+        self._selector.unregister(fd)
+
+    def poll(self, timeout: float | None) -> list[tuple[Any, bool, bool]]:
+        # A descriptor in error or hung up is reported readable (select, poll and kqueue all do): reading it
+        # gives the EOF or the error that the caller acts on.
+        return [(key.data, bool(ev & READ), bool(ev & WRITE)) for key, ev in self._selector.select(timeout)]
+
+    def close(self) -> None:
+        self._selector.close()
+
+
+def make_poller() -> Poller | PortablePoller:
+    return Poller() if _platform.has("epoll") else PortablePoller()
+
+
+class OneDescriptor:
+    """Waits on one descriptor: the threads that read a worker's socket themselves (``apply``, shutdown).
+
+    ``poll`` where it exists: ``select`` refuses descriptors above 1023, which a program holding many files has.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._poll = select.poll() if _platform.has("poll") else None
+        self._events = 0
+
+    def wait(self, timeout: float, writable: bool = False) -> tuple[bool, bool]:
+        """Up to ``timeout`` seconds: (readable or hung up, writable)."""
+        if self._poll is not None:
+            events = select.POLLIN | (select.POLLOUT if writable else 0)
+            if events != self._events:
+                if self._events:
+                    self._poll.modify(self._fd, events)
+                else:
+                    self._poll.register(self._fd, events)
+                self._events = events
+            ready = self._poll.poll(max(0, int(timeout * 1000)))
+            mask = ready[0][1] if ready else 0
+            return bool(mask & ~select.POLLOUT), bool(mask & select.POLLOUT)
+        r, w, x = select.select([self._fd], [self._fd] if writable else [], [self._fd], max(0.0, timeout))
+        return bool(r or x), bool(w)

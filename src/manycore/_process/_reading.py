@@ -139,7 +139,7 @@ class Reading(ProcessState):
                     continue  # steals wait for READY (``Assigner.steal``); the pass below may make one
                 chunk = w.inflight.pop(frame.chunk_id, None)
                 if chunk is None and frame.fd is not None:  # the chunk was failed meanwhile
-                    os.close(frame.fd)
+                    _shm.close_handle(frame.fd)
                     frame.fd = None
                 if chunk is not None:
                     done.append((w, chunk, frame))
@@ -155,7 +155,7 @@ class Reading(ProcessState):
             job = chunk.job
             if job.closed:
                 if frame.fd is not None:  # nobody wants these results: hand the segment straight back
-                    os.close(frame.fd)
+                    _shm.close_handle(frame.fd)
                     w.channel.send(ch.SEGMENT_FREE, _shm.segment_id(frame.body), 0, 0)
                 continue
             if frame.flags & NO_FUNCTION:  # nothing ran: the worker lacked the function; send it with it

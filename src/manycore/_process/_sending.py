@@ -8,7 +8,6 @@ be sent (an argument that does not pickle, a foreign broadcast handle), and ``ru
 from __future__ import annotations
 
 import os
-import select
 import threading
 import time
 
@@ -19,7 +18,7 @@ from .._protocol import OUT_OF_BAND, TOKEN
 from .._serialize import find_unpicklable
 from ._assign import Assignment
 from ._payload import encode, frame_flags
-from ._poller import READ, WRITE
+from ._poller import READ, WRITE, OneDescriptor
 from ._state import ProcessState
 from ._workers import Worker
 
@@ -132,7 +131,7 @@ class Sending(ProcessState):
                 return None
             flags |= OUT_OF_BAND
             parts: tuple[bytes, ...] = (fn, data)
-            fds: tuple[int, ...] = (segment.fd,)
+            fds: tuple[int | str, ...] = (segment.handle,)
         else:
             parts, fds = (fn, *chunk.payload), ()
         if token:
@@ -192,28 +191,25 @@ class Sending(ProcessState):
             w.reading.release()
         if results:
             self._deliver(self._on_results(results))
-        if not alive:
+        if not alive or not self._selector.sees_changes:
+            # poll and select wait on the descriptors they were given when the wait began: the supervisor must
+            # begin a new wait to watch the worker again (epoll and kqueue see a registration at once).
             self._wake()
         return True
 
     def _await_lent(self, w: Worker, job: Job, results: list[tuple[Worker, ch.Frame]]) -> bool:
         """Read the lent worker's answer into ``results``; False if it died (EOF) or broke the protocol."""
-        # poll, not select: select refuses descriptors above 1023, which a program holding many files has.
-        poller = select.poll()
-        poller.register(w.channel.fileno(), select.POLLIN)
+        waiter = OneDescriptor(w.channel.fileno())
         poll_until = time.perf_counter() + self.lent_poll_s
-        while not w.channel.pending and not poller.poll(0):
+        while not w.channel.pending and not waiter.wait(0)[0]:
             if time.perf_counter() > poll_until:
                 break
         while not results and not job.closed and not self._terminated():
-            pending = w.channel.pending
-            poller.modify(w.channel.fileno(), select.POLLIN | (select.POLLOUT if pending else 0))
             # A timeout, so that a pool terminated from another thread is noticed.
-            events = poller.poll(50)
-            mask = events[0][1] if events else 0
-            if mask & select.POLLOUT:
+            readable, writable = waiter.wait(0.05, writable=w.channel.pending)
+            if writable:
                 w.channel.flush()
-            if mask & ~select.POLLOUT and not self._read(w, results):
+            if readable and not self._read(w, results):
                 return False
         return True
 
@@ -223,7 +219,7 @@ class Sending(ProcessState):
     def _send_broadcast(self, w: Worker, bid: int) -> bool:
         handle = self._broadcasts[bid]
         w.broadcasts.add(bid)
-        fds = (handle.segment.fd,) if handle.segment is not None else ()
+        fds = (handle.segment.handle,) if handle.segment is not None else ()
         return w.channel.send(ch.BROADCAST, bid, 0, 0, handle.packed, fds=fds)
 
     def _fail_chunk(self, w: Worker, chunk: Chunk, exc: BaseException) -> list[Assignment]:

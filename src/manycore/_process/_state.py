@@ -20,7 +20,7 @@ from .._launch import Launcher
 from .._waiting import Latch
 from ._assign import Assigner
 from ._payload import MappedResults
-from ._poller import Poller
+from ._poller import Poller, PortablePoller
 from ._workers import Worker
 
 
@@ -48,7 +48,7 @@ class ProcessState(SchedulerBase):
     _wake_lock: threading.Lock
     _wake_r: int
     _wake_w: int
-    _selector: Poller
+    _selector: Poller | PortablePoller
     _control_fd: int | None
     _thread: threading.Thread
     _stopped: Latch

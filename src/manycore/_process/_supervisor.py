@@ -46,7 +46,7 @@ from .. import _channel as ch
 from .. import _initdata, _shm
 from .._broadcast import Broadcast
 from .._jobs import Chunk, Job, State
-from .._launch import ForkLauncher, Launcher, make_launcher
+from .._launch import ForkLauncher, Launcher, available_start_methods, make_launcher
 from .._options import cpu_count
 from .._recovery import loss_error, lost_chunk, suspect_offset
 from .._waiting import Latch
@@ -55,7 +55,7 @@ from ._assign import Assigner, Assignment
 from ._deadlines import overdue
 from ._lifecycle import WorkerLifecycle, _live
 from ._payload import MappedResults
-from ._poller import READ, Poller
+from ._poller import READ, make_poller
 from ._reading import Reading
 from ._sending import LENT_POLL_S, Sending
 from ._workers import Worker
@@ -120,7 +120,7 @@ class Scheduler(Reading, Sending, WorkerLifecycle):
             try:
                 self._init_blob, self._init_fds = _initdata.pack(initializer, initargs, rest, start_method)
             except _initdata.InheritOnly:
-                if start_method_chosen or start_method == "fork":
+                if start_method_chosen or start_method == "fork" or "fork" not in available_start_methods():
                     raise
                 # e.g. multiprocessing.Lock() in initargs: only a forked worker can use it, as with
                 # multiprocessing.Pool, whose default start method on Linux is fork (before Python 3.14).
@@ -128,7 +128,9 @@ class Scheduler(Reading, Sending, WorkerLifecycle):
                 self.start_method = start_method = "fork"
                 self._launcher = make_launcher(start_method, worker_env)
                 self._init_blob, self._init_fds = _initdata.pack(initializer, initargs, rest, start_method)
-            tracker = _initdata.tracker_fd() if start_method != "fork" else None
+            # The tracker's descriptor travels like the initargs' (none where descriptors cannot be passed: the
+            # workers then start their own, as multiprocessing's do on Windows).
+            tracker = _initdata.tracker_fd() if start_method != "fork" and ch.PASS_FDS else None
         except BaseException:
             self._launcher.close()
             raise
@@ -146,7 +148,7 @@ class Scheduler(Reading, Sending, WorkerLifecycle):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._selector = Poller()
+        self._selector = make_poller()
         self._selector.register(self._wake_r, READ, None)
         self._control_fd = self._launcher.control_fd
         if self._control_fd is not None:

@@ -9,20 +9,19 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import select
-import signal
 import threading
 import time
 
 from .. import _channel as ch
+from .. import _platform
 from .._jobs import Chunk
 from .._protocol import FUNCTION_CACHE, RESULT_FLAGS, STATUS
 from .._worker._blas import thread_ids
+from ._poller import OneDescriptor
 
-SOCKET_BUFFER = 4 << 20
 # No frame from a worker may be larger than this machine's memory: a longer length is a forged or garbled header,
 # refused before anything is allocated for it.
-MAX_BODY = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+MAX_BODY = _platform.physical_memory()
 
 
 class Worker:
@@ -140,7 +139,7 @@ class Worker:
     def kill(self) -> None:
         if self.pid is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+                os.kill(self.pid, _platform.KILL_SIGNAL)
             _hurry_exit(self.pid)
 
 
@@ -161,6 +160,8 @@ def _hurry_exit(pid: int) -> None:
     (Python 3.13, numpy 2.5), and the crash was reported without its exit code. Linux allows this only with
     CAP_SYS_NICE or an RLIMIT_NICE that permits nice 0; without, ``_dying`` makes the supervisor wait longer.
     """
+    if not _platform.has("sched"):
+        return  # nothing was parked (see _blas): nothing to raise
     for tid in thread_ids(pid):
         with contextlib.suppress(OSError):  # the thread ended meanwhile
             # Only threads at SCHED_IDLE: once a fork server has reaped the worker, its pid may name another
@@ -174,7 +175,10 @@ def _dying(pid: int) -> bool:
 
     Its exit code comes once the last thread ends. Where ``_hurry_exit`` may not raise threads from idle
     priority (a user without CAP_SYS_NICE or an RLIMIT_NICE of 20), that can take longer than the grace.
+    Without ``/proc``: never (no thread was parked, so the exit code comes within the grace).
     """
+    if not _platform.has("proc"):
+        return False
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             return stat.read().rpartition(b")")[2].split()[0] == b"Z"
@@ -184,8 +188,7 @@ def _dying(pid: int) -> bool:
 
 def _wait_for_eof(channel: ch.ParentChannel, deadline: float) -> None:
     """A worker closes its socket only by exiting: EOF means it is gone or going."""
-    poller = select.poll()  # not select(): it refuses descriptors above 1023
-    poller.register(channel.sock, select.POLLIN)
+    waiter = OneDescriptor(channel.fileno())
     while True:
         while channel.pending and channel.flush():
             if time.monotonic() > deadline:
@@ -194,5 +197,5 @@ def _wait_for_eof(channel: ch.ParentChannel, deadline: float) -> None:
         left = deadline - time.monotonic()
         if left <= 0:
             return
-        if poller.poll(max(1, int(left * 1000))) and channel.read_frames() is None:
+        if waiter.wait(max(0.001, left))[0] and channel.read_frames() is None:
             return

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import sys
 
+from .. import _platform
+
 TYPE_CHECKING = False  # see manycore/__init__.py: workers avoid importing typing
 if TYPE_CHECKING:
     from typing import Any
@@ -54,7 +56,9 @@ def limit_loaded_blas(env: dict[str, str]) -> None:
 
 
 def thread_ids(pid: int | str = "self") -> set[int]:
-    """The ids of a process's threads (Linux /proc); empty where the process is gone or this is not Linux."""
+    """The ids of a process's threads (Linux /proc); empty where the process is gone or there is no /proc."""
+    if not _platform.has("proc"):
+        return set()
     try:
         return {int(tid) for tid in os.listdir(f"/proc/{pid}/task")}
     except OSError:
@@ -83,6 +87,8 @@ def _quiet_restarted_blas_threads(libraries: list[dict[str, Any]], new_threads: 
         except (OSError, AttributeError, KeyError):  # not loaded, or a build that does not export it
             continue
         shutdown()
+    if not _platform.has("sched"):
+        return  # shut down above where OpenBLAS allows; the threads it runs again are left as they are
     for tid in new_threads & thread_ids():
         try:  # noqa: SIM105 (no contextlib: workers import as little as they can)
             os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))

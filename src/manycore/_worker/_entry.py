@@ -1,7 +1,8 @@
 """A worker process's life around the loop: how it starts (forked or spawned), what it lets go of, how it ends.
 
-Entry points: ``run_in_child`` (a worker forked by the fork server or from the user's process) and
-``spawn_main`` (a fresh interpreter, ``start_method="spawn"``).
+Entry points: ``run_in_child`` (a worker forked by the fork server or from the user's process), ``spawn_main``
+(a fresh interpreter, ``start_method="spawn"``) and ``connect_main`` (a fresh interpreter that connects back to
+its parent, where descriptors cannot be passed).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import mmap
 import os
 import sys
 
+from .. import _platform, _shm
 from .._protocol import STATUS_SIZE
 from ._serve import serve
 
@@ -24,17 +26,19 @@ else:  # the C module: signal.py imports more (enum, re) than a worker needs at 
 
 
 class _ParentDeathSignal:
-    """Ask Linux to SIGKILL this process when its parent dies, so a SIGKILLed parent leaves no orphans.
+    """Make this process die with its parent, so a SIGKILLed parent leaves no orphans.
 
-    ``prepare()`` loads libc through ctypes (several ms) in the process that forks, once, instead of in each
-    worker after the fork.
+    Linux: ``PR_SET_PDEATHSIG`` (the kernel sends SIGKILL). ``prepare()`` loads libc through ctypes (several ms)
+    in the process that forks, once, instead of in each worker after the fork. Elsewhere: a watchdog thread
+    that ends the worker once its parent is gone (``_watch_parent``); an idle worker also ends at once on its
+    socket's EOF, the watchdog is for one busy in a task.
     """
 
     def __init__(self) -> None:
         self._prctl: Callable[..., int] | None = None
 
     def prepare(self) -> None:
-        if self._prctl is None and sys.platform.startswith("linux"):
+        if self._prctl is None and _platform.has("pdeathsig"):
             import ctypes
 
             self._prctl = ctypes.CDLL(None, use_errno=True).prctl
@@ -44,6 +48,35 @@ class _ParentDeathSignal:
         if self._prctl is not None:
             pr_set_pdeathsig = 1
             self._prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        else:
+            import _thread
+
+            _thread.start_new_thread(_watch_parent, (os.getppid(),))
+
+
+WATCH_INTERVAL = 0.25  # seconds between two looks at the parent (a watchdog worker only)
+
+
+def _watch_parent(parent: int) -> None:
+    """End this process once ``parent`` has exited (where PR_SET_PDEATHSIG does not exist)."""
+    winapi: Any = None
+    try:  # noqa: SIM105 (no contextlib: workers import as little as they can)
+        winapi = __import__("_winapi")
+    except ImportError:
+        pass
+    if winapi is not None:  # Windows: wait on the parent's process handle itself
+        try:
+            handle = winapi.OpenProcess(winapi.SYNCHRONIZE, False, parent)
+            winapi.WaitForSingleObject(handle, winapi.INFINITE)
+        finally:
+            os._exit(1)
+    import time
+
+    # POSIX: an orphan is adopted (by init or a subreaper), so its parent pid changes.
+    while os.getppid() == parent:
+        time.sleep(WATCH_INTERVAL)
+    _shm.unlink_all()
+    os._exit(1)
 
 
 set_parent_death_signal = _ParentDeathSignal()
@@ -76,7 +109,19 @@ def _let_go_in_child() -> None:
             pass
 
 
-def run_in_child(sock_fd: int, status_fd: int) -> None:
+def _open_status(status: int | str) -> mmap.mmap:
+    """Map the status page: a descriptor (closed here) or a name (unlinked once mapped: only we open it)."""
+    if isinstance(status, int):
+        page = mmap.mmap(status, STATUS_SIZE)
+        os.close(status)
+        return page
+    page = _shm.open_handle(status, STATUS_SIZE)
+    if _platform.has("shm_open"):
+        _shm.unlink_name(status)
+    return page
+
+
+def run_in_child(sock_fd: int, status_fd: int | str) -> None:
     """Entry point in a freshly forked or spawned worker: map the status page, serve, exit hard."""
     code = 0
     try:
@@ -84,7 +129,8 @@ def run_in_child(sock_fd: int, status_fd: int) -> None:
         # starts without closing descriptors (os.system, close_fds=False) would hold the socket, could write
         # frames the parent unpickles, and would hide this worker's death from the parent while it lived.
         os.set_inheritable(sock_fd, False)
-        os.set_inheritable(status_fd, False)
+        if isinstance(status_fd, int):
+            os.set_inheritable(status_fd, False)
         sock = socket.socket(fileno=sock_fd)
         sock.setblocking(True)
         _OWN[:] = [sock]
@@ -92,8 +138,7 @@ def run_in_child(sock_fd: int, status_fd: int) -> None:
             # Registered once per process: a worker forked from a worker (a nested fork pool) inherits it.
             _OWN_HOOK.append(True)
             os.register_at_fork(after_in_child=_let_go_in_child)
-        page = mmap.mmap(status_fd, STATUS_SIZE)
-        os.close(status_fd)
+        page = _open_status(status_fd)
         serve(sock, page, _OWN)
     except BaseException:
         code = 1
@@ -102,6 +147,7 @@ def run_in_child(sock_fd: int, status_fd: int) -> None:
         traceback.print_exc()
     finally:
         # Skip interpreter teardown: atexit handlers and buffers inherited from the parent are not ours to run.
+        _shm.unlink_all()
         try:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -109,8 +155,7 @@ def run_in_child(sock_fd: int, status_fd: int) -> None:
             os._exit(code)
 
 
-def spawn_main(sock_fd: int, status_fd: int, sys_path: list[str], preload: list[str] | None = None) -> None:
-    """Entry point of a worker started as a fresh interpreter (start_method="spawn")."""
+def _start_fresh(sys_path: list[str], preload: list[str] | None) -> None:
     sys.path[:] = sys_path
     set_parent_death_signal()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle, from the first moment
@@ -119,4 +164,36 @@ def spawn_main(sock_fd: int, status_fd: int, sys_path: list[str], preload: list[
             __import__(name)
         except Exception:
             pass
+
+
+def spawn_main(
+    sock_fd: int, status_fd: int | str, sys_path: list[str], preload: list[str] | None = None
+) -> None:
+    """Entry point of a worker started as a fresh interpreter (start_method="spawn")."""
+    _start_fresh(sys_path, preload)
     run_in_child(sock_fd, status_fd)
+
+
+def connect_main(
+    address: tuple[str, int], status: int | str, sys_path: list[str], preload: list[str] | None = None
+) -> None:
+    """Entry point of a spawned worker that connects back to its parent (no descriptor passing: Windows).
+
+    The one-time key comes on stdin, which is then the null device, as a spawned multiprocessing worker's.
+    """
+    key = b""
+    while len(key) < 32:
+        part = os.read(0, 32 - len(key))
+        if not part:
+            os._exit(1)  # the parent is gone, or this is not its worker
+        key += part
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0, inheritable=True)
+    os.close(null)
+    # Connected before anything else is imported: the parent waits for this connection to start the next worker.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.connect(address)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(key)
+    _start_fresh(sys_path, preload)
+    run_in_child(sock.detach(), status)

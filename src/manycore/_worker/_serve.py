@@ -17,7 +17,7 @@ import sys
 import time
 
 from .. import _mpstate, _shm
-from .._channel import FrameReader, recv_frame, send_frame
+from .._channel import PASS_FDS, FrameReader, recv_frame, send_frame
 from .._protocol import (
     BLOCK_MASK,
     BLOCK_SHIFT,
@@ -109,11 +109,11 @@ def _initialize(
     meta = loads(
         body[: init.meta_len]
     )  # (authkey, name, identity, parent name, parent pid, tracker fd, fd count)
-    _mpstate.INIT_FDS[:] = [reader.fds.popleft() for _ in range(meta[6])]
+    _mpstate.INIT_FDS[:] = [int(reader.fds.popleft()) for _ in range(meta[6])]
     _mpstate.set_identity(meta)
     # The read end of this worker's token pipe came with the init frame (non-blocking: shared with the parent).
     # Taken before the initializer, so that a child the initializer forks lets go of it too.
-    tokens = reader.fds.popleft() if reader.fds else -1
+    tokens = int(reader.fds.popleft()) if reader.fds and PASS_FDS else -1
     if tokens >= 0:
         own.append(tokens)
     try:
@@ -208,10 +208,13 @@ class _Chunks:
         if oob and not _shm.release(mapping, views):
             status |= INPUT_KEPT
         STATUS.pack_into(page, 0, 0, 0, 0)
-        fds = (segment.fd,) if segment is not None else ()
+        fds = (segment.handle,) if segment is not None else ()
         send_frame(self.sock, RESULT, frame.chunk_id, elapsed, status, blob, fds)
         if segment is not None:
             _LENT[segment.sid] = segment
+            # The parent may map it after this worker exits (the last result before max_tasks): its name is the
+            # parent's to unlink from now on (``_shm.unlink_names``, when this worker's socket closes).
+            _shm.given_away(segment)
         return True
 
     def _learn(self, key: int, blob: memoryview) -> None:
@@ -229,7 +232,7 @@ class _Chunks:
             # The parent took this chunk back for an idle worker: it is not ours to run. Say so, so that the
             # parent sends this worker chunks again.
             if oob:
-                os.close(self.reader.fds.popleft())
+                _shm.close_handle(self.reader.fds.popleft())
             send_frame(self.sock, SKIPPED, frame.chunk_id, 0, 0)
             return None
         fn = self.functions.get(frame.fn_key)
@@ -238,7 +241,7 @@ class _Chunks:
             # threads sent them) or never left the parent (its argument did not pickle). The chunk is this
             # worker's (its token, if any, is taken): hand it back unrun rather than die of a KeyError.
             if oob:
-                os.close(self.reader.fds.popleft())
+                _shm.close_handle(self.reader.fds.popleft())
             send_frame(self.sock, RESULT, frame.chunk_id, 0, NO_FUNCTION, b"")
         return fn
 
