@@ -30,9 +30,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         marker = item.get_closest_marker("needs")
         if marker is not None:
-            missing = [f for f in marker.args if not _platform.has(f)]
-            if missing:
-                item.add_marker(pytest.mark.skip(reason=_platform.lacks(*missing)))
+            # A feature of manycore._platform, or a start method ("forkserver": the platform offers it).
+            methods = [f for f in marker.args if f in _launch.START_METHODS and f not in available]
+            missing = [f for f in marker.args if f not in _launch.START_METHODS and not _platform.has(f)]
+            if methods or missing:
+                reason = (
+                    _platform.lacks(*missing)
+                    if missing
+                    else f"start method {methods[0]!r}: {_platform.describe()}"
+                )
+                item.add_marker(pytest.mark.skip(reason=reason))
                 continue
         params = getattr(item, "callspec", None)
         for value in params.params.values() if params is not None else ():

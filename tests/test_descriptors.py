@@ -244,6 +244,7 @@ print("closed")
 """
 
 
+@pytest.mark.needs("poll")  # select() takes no descriptor above 1023 on Linux
 @pytest.mark.timeout(90)
 def test_a_program_holding_over_1024_descriptors(start_method: str) -> None:
     """select() refuses descriptors above 1023 (FD_SETSIZE): the fork server, a blocking apply's wait and the

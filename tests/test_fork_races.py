@@ -41,6 +41,7 @@ print("ok")
 """
 
 
+@pytest.mark.needs("fork")
 @pytest.mark.timeout(150)
 def test_pools_opened_and_closed_while_another_forks_workers(tmp_path: Path) -> None:
     script = tmp_path / "churn.py"

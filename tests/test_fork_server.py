@@ -22,7 +22,7 @@ import pytest
 
 from proc_helpers import gone, running
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.needs("forkserver")]
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -54,6 +54,7 @@ def _check_forgery(pool: manycore.Pool, how: str, marker: Path, victim_pid: int)
     assert not marker.exists(), "the parent unpickled the body of a refused frame"
 
 
+@pytest.mark.needs("memfd", "fd_passing")  # the forger finds the socket and status page as Linux shows them
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("how", FORGERIES)
 def test_forged_frame_fails_only_its_item(
@@ -64,6 +65,7 @@ def test_forged_frame_fails_only_its_item(
     assert victim.poll() is None, "the parent signalled the pid a forged READY named"
 
 
+@pytest.mark.needs("memfd", "fd_passing")
 @pytest.mark.timeout(90)
 def test_forged_frame_every_start_method(
     start_method: str, tmp_path: Path, no_leftover_processes: None

@@ -60,6 +60,7 @@ def test_register_is_idempotent() -> None:
         assert joblib.Parallel()(joblib.delayed(abs)(-1) for _ in range(2)) == [1, 1]
 
 
+@pytest.mark.needs("fork", "forkserver")
 def test_default_start_method_is_manycores_not_joblibs_context(no_leftover_processes: None) -> None:
     # joblib passes context=multiprocessing.get_context() to every backend (fork on Linux before 3.14); the
     # backend must not take it for the user's choice: a forked worker would inherit pytest, a fork-server one not.

@@ -397,6 +397,7 @@ def test_map_and_starmap_do_not_share_a_journal(tmp_path: Path) -> None:
             pool.starmap(jt.describe, [(1, 2)], journal=db)
 
 
+@pytest.mark.needs("fork")
 def test_fork_workers_do_not_keep_the_journal_locked(tmp_path: Path) -> None:
     # A worker forked while a journal is open (here the replacement of one that exited) held its lock.
     db = tmp_path / "run.db"

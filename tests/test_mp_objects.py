@@ -33,6 +33,7 @@ def _objects(ctx: Any) -> dict[str, Any]:
     }
 
 
+@pytest.mark.needs("fd_passing")  # a Queue's pipe, a sharedctypes arena
 @pytest.mark.timeout(90)
 def test_sync_objects_in_initargs(start_method: str) -> None:
     """The stdlib docs' pattern: Pool(initializer=init, initargs=(lock, ...)) with the pool's context."""
@@ -58,6 +59,7 @@ def test_sync_objects_in_initargs(start_method: str) -> None:
         shm.unlink()
 
 
+@pytest.mark.needs("fork")
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("method", [None, "fork"])
 def test_fork_context_objects_work_with_default_and_fork(method: str | None) -> None:
@@ -142,6 +144,7 @@ def test_workers_still_start_without_multiprocessing(method: str) -> None:
         assert pool.apply(mp_tasks.heavy_modules) == []
 
 
+@pytest.mark.needs("fd_passing")  # the parent's resource tracker is passed as a descriptor
 @pytest.mark.timeout(60)
 def test_shared_memory_in_initargs_outlives_the_workers(start_method: str) -> None:
     """Workers register shared memory with the parent's resource tracker, as multiprocessing's children do:

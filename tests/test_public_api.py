@@ -47,6 +47,7 @@ def test_import_is_light() -> None:
     assert out.strip() == "[]"
 
 
+@pytest.mark.needs("forkserver")
 def test_fork_server_starts_before_cloudpickle_is_imported() -> None:
     # Pool() starts the fork server before anything imports cloudpickle (W6), recorded at the moment the
     # server's interpreter is launched. A task that pickles by name (abs) does not import it either; one that
@@ -68,6 +69,7 @@ def test_fork_server_starts_before_cloudpickle_is_imported() -> None:
     assert out.split() == ["[False]", "3", "False", "4", "True"]
 
 
+@pytest.mark.needs("forkserver")
 @pytest.mark.parametrize("face", ["Pool(2)", "Executor(2)"])
 def test_fork_server_boots_while_the_scheduler_is_imported(face: str) -> None:
     # The lookup of Pool/Executor imports the options and the backend registry only; the call starts the fork

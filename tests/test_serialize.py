@@ -150,6 +150,7 @@ def test_a_module_registered_by_value_is_pickled_by_value() -> None:
     assert out == "True\n"
 
 
+@pytest.mark.needs("fork")
 def test_a_fork_pool_imports_cloudpickle_before_it_forks() -> None:
     """A worker forked while another thread imports cloudpickle would inherit its import lock held."""
     script = (

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import manycore
+from manycore import _launch
 
 from tasks import init_state, read_state, square
 
@@ -140,7 +141,10 @@ def test_a_main_function_pickles_under_python_bb(tmp_path: Path) -> None:
     script = tmp_path / "flags.py"
     script.write_text(FLAGS_SCRIPT)
     done = subprocess.run(
-        [sys.executable, "-bb", str(script), "forkserver"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-bb", str(script), _launch.default_start_method()],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("True "), done.stdout

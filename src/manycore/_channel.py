@@ -15,7 +15,7 @@ import itertools
 import os
 from collections import deque
 
-from . import _platform
+from . import _platform, _segment
 
 # The kinds are re-exported: the scheduler, jobs, results and engine name frame (and job) kinds ``_channel.MAP``.
 from ._protocol import BROADCAST as BROADCAST
@@ -358,6 +358,8 @@ class FrameReader:
                 # As descriptors come with a frame's first byte: the names are the receiver's with their frame.
                 self.fds.extend(self._names)
                 self.names_seen.update(self._names)
+                if self.check is None:  # a worker: see _segment.unlink_all
+                    _segment.RECEIVED.update(self._names)
                 self._names = []
             if length <= available:
                 frame.body = buf[body_start : body_start + length]

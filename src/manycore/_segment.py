@@ -18,6 +18,7 @@ from . import _platform
 TYPE_CHECKING = False  # workers import this module: see manycore/__init__.py
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from typing import Any
 
 # From Python 3.13 a mapping need not keep a duplicate of its file's descriptor; before, each mapping costs one.
 _UNTRACKED: dict[str, bool] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
@@ -34,21 +35,39 @@ def _kind() -> str:
 
 
 KIND = _kind()
+# Asked (and the module loaded) once, at import: a process out of descriptors cannot import an extension module,
+# and must not conclude then that the platform has no shm_open.
+POSIX_SHM = KIND != "memfd" and _platform.has("shm_open")
+if POSIX_SHM:
+    import _posixshmem  # type: ignore[import-not-found,unused-ignore]  # noqa: F401 (loaded while descriptors are free)
 # The part of a named segment's name that is this process's, so that two processes never pick the same name.
-_PREFIX = f"mc{os.getpid():x}{os.urandom(4).hex()}"
+_PREFIX = [f"mc{os.getpid():x}{os.urandom(4).hex()}"]
+
+
+def _new_prefix_in_child() -> None:
+    # A forked child must not make the names its parent makes (same prefix, same counter), and the names the
+    # parent holds are not the child's to unlink.
+    _PREFIX[0] = f"mc{os.getpid():x}{os.urandom(4).hex()}"
+    _NAMED.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_prefix_in_child)
 
 
 def _new_name(sid: int) -> str:
     # At most 30 characters: macOS refuses longer shm_open names (PSHMNAMLEN 31).
-    return (
-        f"/{_PREFIX}_{sid:x}"[:30] if KIND != "named" or _platform.has("shm_open") else f"{_PREFIX}_{sid:x}"
-    )
+    return f"/{_PREFIX[0]}_{sid:x}"[:30] if KIND != "named" or POSIX_SHM else f"{_PREFIX[0]}_{sid:x}"
 
 
 # Names this process created and has not unlinked yet (POSIX named segments only). A process that ends without
 # closing its segments unlinks them here: a worker on its way out (``_worker._entry``), the parent at exit. On
 # Windows the system frees a named mapping with its last handle, and nothing is recorded.
 _NAMED: set[str] = set()
+# Names a worker has given its parent, or received from it: if the parent dies (SIGKILL), nobody else would unlink
+# them, so the worker does on its way out (``unlink_all(parent_gone=True)``).
+_GIVEN: set[str] = set()
+RECEIVED: set[str] = set()
 
 
 def _shm_create(name: str) -> int:
@@ -56,10 +75,6 @@ def _shm_create(name: str) -> int:
 
     fd = int(_posixshmem.shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600))
     if KIND == "named":
-        if not _NAMED:
-            import atexit
-
-            atexit.register(unlink_all)
         _NAMED.add(name)
     return fd
 
@@ -68,17 +83,27 @@ def given_away(segment: Segment) -> None:
     """The receiver of this segment unlinks its name from now on (see ``unlink_names``); this process never."""
     if segment.name is not None:
         _NAMED.discard(segment.name)
+        _GIVEN.add(segment.name)
 
 
-def unlink_all() -> None:
-    """Unlink every named segment this process made and still holds (its mappings stay valid)."""
-    for name in list(_NAMED):
+def unlink_all(parent_gone: bool = False) -> None:
+    """Unlink every named segment this process made and still holds (its mappings stay valid); with
+    ``parent_gone`` (a worker whose parent died), also those it gave the parent and those it got from it."""
+    for name in [*_NAMED, *(_GIVEN | RECEIVED if parent_gone else ())]:
         _shm_unlink(name)
+
+
+if KIND == "named" and POSIX_SHM:
+    import atexit
+
+    # Registered at import, before the scheduler's own hook (``_process._lifecycle`` imports this module first):
+    # hooks run last-in first-out, so the pools stop (and their workers have mapped what they need) before this.
+    atexit.register(unlink_all)
 
 
 def unlink_names(names: Iterable[str]) -> None:
     """Unlink segments a worker made, once it is gone: a killed worker cannot unlink its own (named only)."""
-    if _platform.has("shm_open"):
+    if POSIX_SHM:
         for name in names:
             _shm_unlink(name)
 
@@ -123,7 +148,7 @@ class Segment:
                 name = _new_name(self.sid)
                 self.fd = _shm_create(name)
                 _shm_unlink(name)
-            elif _platform.has("shm_open"):
+            elif POSIX_SHM:
                 self.name = _new_name(self.sid)
                 self.fd = _shm_create(self.name)
             else:  # Windows: a named file mapping, freed by the system when its last handle closes
@@ -160,7 +185,7 @@ class Segment:
 
     def _unlink(self) -> None:
         name, self.name = self.name, None
-        if name is not None and _platform.has("shm_open"):
+        if name is not None and POSIX_SHM:
             _shm_unlink(name)
 
     def __del__(self) -> None:
@@ -179,14 +204,17 @@ class Segment:
             os.close(fd)
         self._unlink()
 
-    def detach(self) -> mmap.mmap:
-        """The mapping, for good: the descriptor is closed, and the name left to the one process that opens it
-        (a worker's status page: the worker unlinks it once mapped)."""
+    def detach(self) -> tuple[mmap.mmap, str | None]:
+        """The mapping, for good, and the name if any: the descriptor is closed, and the name left to the one
+        process that opens it (a worker's status page: the worker unlinks it once mapped; the parent, once the
+        worker is gone, in case it never did)."""
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
             os.close(fd)
-        self.name = None
-        return self.map
+        name, self.name = self.name, None
+        if name is not None:
+            _NAMED.discard(name)
+        return self.map, name
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -207,7 +235,11 @@ def open_handle(handle: int | str, size: int, readonly: bool = False) -> mmap.mm
         if readonly:
             return mmap.mmap(handle, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, **_UNTRACKED)
         return mmap.mmap(handle, size, **_UNTRACKED)
-    if not _platform.has("shm_open"):
+    if not POSIX_SHM:
+        # A tagname mapping is created when none exists: make sure it does, or a segment whose owner is gone
+        # would read as zeros instead of failing (as multiprocessing.shared_memory checks on Windows).
+        winapi: Any = __import__("_winapi")
+        winapi.CloseHandle(winapi.OpenFileMapping(winapi.FILE_MAP_READ, False, handle))
         access = mmap.ACCESS_READ if readonly else mmap.ACCESS_WRITE
         return mmap.mmap(-1, size, tagname=handle, access=access)  # type: ignore[call-arg,unused-ignore]
     import _posixshmem  # type: ignore[import-not-found,unused-ignore]

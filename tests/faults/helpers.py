@@ -72,6 +72,11 @@ def wait_for_files(paths: Iterable[str], timeout: float) -> bool:
     return False
 
 
+# How Linux shows a segment: a memfd, or (the simulated macOS-like and Windows-like modes, manycore._segment)
+# a POSIX shared-memory object, named or already unlinked ("... (deleted)").
+SEGMENT_PATHS = ("/memfd:manycore", "/dev/shm/mc")
+
+
 def manycore_segments(pids: Iterable[int] | None = None) -> dict[int, set[int]]:
     """pid -> inodes of manycore's shared-memory segments that the process has open or mapped.
 
@@ -86,14 +91,14 @@ def manycore_segments(pids: Iterable[int] | None = None) -> dict[int, set[int]]:
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 link = f"/proc/{pid}/fd/{fd}"
                 try:
-                    if os.readlink(link).startswith("/memfd:manycore"):
+                    if os.readlink(link).startswith(SEGMENT_PATHS):
                         inodes.add(os.stat(link).st_ino)
                 except OSError:  # closed meanwhile
                     continue
             with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as maps:
                 for line in maps:
                     fields = line.split(None, 5)
-                    if len(fields) == 6 and fields[5].startswith("/memfd:manycore"):
+                    if len(fields) == 6 and fields[5].startswith(SEGMENT_PATHS):
                         inodes.add(int(fields[4]))
         except OSError:  # gone, or not ours to read
             continue

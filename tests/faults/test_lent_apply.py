@@ -90,6 +90,7 @@ def test_apply_with_large_arguments_and_results_on_a_lent_worker(no_orphans: set
             assert pool.apply(bytes, (blob,)) == blob
 
 
+@pytest.mark.needs("sched")  # CPU affinity
 def test_a_single_core_caller_does_not_poll_for_its_answer() -> None:
     """The caller of a lent apply polls its worker's socket for up to 200 µs before it sleeps (W5), unless
     it may run on one core only: there the poll would only delay the worker it waits for."""

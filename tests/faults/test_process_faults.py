@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from manycore import _launch
 from manycore.errors import PoolClosedError, WorkerLostError
 
 from . import tasks
@@ -35,6 +36,10 @@ from .helpers import (
 )
 
 SCRIPT = Path(__file__).with_name("child_script.py")
+
+
+# The platform's default start method (forkserver on Linux; spawn where a simulated platform lacks it).
+DEFAULT = _launch.default_start_method()
 
 
 def start_script(scenario: str, entry: str, start_method: str, marker_dir: Path) -> subprocess.Popen[str]:
@@ -154,7 +159,7 @@ def interrupt_script(entry: str, start_method: str, tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("entry", INTERRUPT_ENTRIES)
 def test_ctrl_c_stops_script_and_workers(entry: str, tmp_path: Path, no_orphans: set[int]) -> None:
-    interrupt_script(entry, "forkserver", tmp_path)
+    interrupt_script(entry, DEFAULT, tmp_path)
 
 
 # ---- the parent SIGKILLed ----------------------------------------------------------------------------------------
@@ -181,7 +186,7 @@ def parent_kill(entry: str, start_method: str, tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("entry", ["pool", "executor", "idle"])
 def test_parent_sigkilled_leaves_no_orphans(entry: str, tmp_path: Path, no_orphans: set[int]) -> None:
-    parent_kill(entry, "forkserver", tmp_path)
+    parent_kill(entry, DEFAULT, tmp_path)
 
 
 # ---- terminate() / with-exit on workers stuck in C ---------------------------------------------------------------
@@ -354,7 +359,7 @@ def test_finished_pool_writes_to_no_reused_file_descriptor(no_orphans: set[int])
 
 @pytest.mark.timeout(60)
 def test_pool_lifecycle_prints_nothing(tmp_path: Path, no_orphans: set[int]) -> None:
-    proc = start_script("quiet_exit", "-", "forkserver", tmp_path)
+    proc = start_script("quiet_exit", "-", DEFAULT, tmp_path)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert json.loads(out.strip().splitlines()[-1]) == {"done": True}
@@ -395,6 +400,7 @@ def may_leave_idle_priority() -> bool:
     return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
 
 
+@pytest.mark.needs("proc", "sched")
 @pytest.mark.timeout(30)
 @pytest.mark.skipif(
     not may_leave_idle_priority(), reason="this user may not move a thread off SCHED_IDLE (RLIMIT_NICE)"
@@ -430,6 +436,7 @@ ctypes.CDLL(None).pthread_exit(None)  # the main thread ends; the process lives 
 """
 
 
+@pytest.mark.needs("proc")
 @pytest.mark.timeout(30)
 def test_a_process_part_way_through_exiting_counts_as_dying() -> None:
     # After a worker's socket closes, the supervisor waits past the usual grace for the exit code of a

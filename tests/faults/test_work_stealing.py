@@ -9,8 +9,14 @@ from typing import Any
 
 import pytest
 
+from manycore import _platform
+
 from . import sched_tasks
 from .common import make_executor, make_pool
+
+# Taking back a queued chunk needs a token pipe, passed to each worker as a descriptor (without one, no chunk
+# waits behind another: each worker holds one).
+STEALS = pytest.mark.needs("fd_passing")
 
 
 @pytest.mark.timeout(60)
@@ -41,12 +47,14 @@ def test_fast_tasks_do_not_wait_behind_a_slow_one(
             done = [r.get(timeout=20) for r in quick]  # type: ignore[attr-defined]
             assert not slow.ready()  # type: ignore[attr-defined]
         assert done == list(range(6))
-        assert pool.statistics()["chunks_taken_back"] >= 1
+        # Taken back from behind the slow one; where chunks cannot be taken back, none ever queued behind it.
+        assert pool.statistics()["chunks_taken_back"] >= (1 if _platform.has("fd_passing") else 0)
         release.touch()
         assert (slow.result(timeout=30) if api == "submit" else slow.get(timeout=30)) == "slow"  # type: ignore[attr-defined]
     assert all(sched_tasks.runs_of(str(log_dir), x) == 1 for x in range(6))
 
 
+@STEALS
 @pytest.mark.timeout(60)
 def test_a_steal_refused_while_its_chunk_was_being_sent_is_tried_again(
     start_method: str, tmp_path: Path, no_orphans: set[int]
@@ -70,6 +78,7 @@ def test_a_steal_refused_while_its_chunk_was_being_sent_is_tried_again(
     assert all(sched_tasks.runs_of(str(log_dir), x) == 1 for x in (0, 1))
 
 
+@STEALS
 @pytest.mark.timeout(60)
 def test_a_worker_that_becomes_ready_takes_over_a_queued_chunk(
     start_method: str, tmp_path: Path, no_orphans: set[int]
@@ -90,6 +99,7 @@ def test_a_worker_that_becomes_ready_takes_over_a_queued_chunk(
     assert all(sched_tasks.runs_of(str(log_dir), x) == 1 for x in range(3))
 
 
+@STEALS
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("start_method", ["fork", "forkserver"])
 def test_every_item_runs_once_while_steals_race_starts(

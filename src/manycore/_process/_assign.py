@@ -25,8 +25,11 @@ Assignment = tuple[Worker, Chunk, bool]
 class Assigner:
     """The chunk-to-worker bookkeeping of one pool: chunk ids, per-worker counts, take-backs."""
 
-    def __init__(self, max_tasks: int, segments: _shm.SegmentPool) -> None:
+    def __init__(self, max_tasks: int, segments: _shm.SegmentPool, depth: int = DEPTH) -> None:
         self.max_tasks = max_tasks  # chunks per worker before it is replaced (0: no limit)
+        # Chunks a worker holds. Without a token pipe (no descriptor passing) a queued chunk can never be taken
+        # back, and a fast task would wait behind a slow one: then one, as multiprocessing's workers take one.
+        self.depth = depth
         self.segments = segments  # where a taken-back chunk's input segment goes back
         self.cids = itertools.count(1)
         self.taken_back = 0  # chunks an idle worker took from a busy one (statistics)
@@ -50,7 +53,7 @@ class Assigner:
     def assign(self, workers: dict[int, Worker], next_chunk: Callable[[], Chunk | None]) -> list[Assignment]:
         """Fill every worker's queue to ``DEPTH``, one chunk per worker per round; steal once nothing is left."""
         out: list[Assignment] = []
-        for depth in range(1, DEPTH + 1):
+        for depth in range(1, self.depth + 1):
             for w in workers.values():
                 while w.accepting and not w.lent and not w.skips and len(w.inflight) < depth:
                     chunk = next_chunk()

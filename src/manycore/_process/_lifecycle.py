@@ -127,8 +127,12 @@ class WorkerLifecycle(ProcessState):
         finally:
             # The worker has its own descriptor (or opens the name, and unlinks it, itself): the mapping is
             # the parent's part.
-            page = status.detach()
+            page, status_name = status.detach()
         w = Worker(wid, ch.ParentChannel(mine), page, pid, tokens)
+        if status_name is not None:
+            w.channel.names.add(
+                status_name
+            )  # unlinked with the worker's own once it is gone (if it never did)
         fds = self._init_fds
         nfds = len(fds) - (self._tracker is not None)
         head = _initdata.header(self.start_method, nfds, self._tracker)

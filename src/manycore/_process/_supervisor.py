@@ -51,7 +51,7 @@ from .._options import cpu_count
 from .._recovery import loss_error, lost_chunk, suspect_offset
 from .._waiting import Latch
 from ..errors import PoolBrokenError, PoolClosedError
-from ._assign import Assigner, Assignment
+from ._assign import DEPTH, Assigner, Assignment
 from ._deadlines import overdue
 from ._lifecycle import WorkerLifecycle, _live
 from ._payload import MappedResults
@@ -86,7 +86,7 @@ class Scheduler(Reading, Sending, WorkerLifecycle):
         self._broadcasts: dict[int, Broadcast[Any]] = {}
         self._segments = _shm.SegmentPool()
         self._results = MappedResults()
-        self._assigner = Assigner(max_tasks_per_worker or 0, self._segments)
+        self._assigner = Assigner(max_tasks_per_worker or 0, self._segments, DEPTH if ch.PASS_FDS else 1)
         self._wids = itertools.count(1)
         self._workers: dict[int, Worker] = {}
         self._lost: list[Worker] = []  # EOF seen, exit code not yet known

@@ -75,7 +75,7 @@ def _watch_parent(parent: int) -> None:
     # POSIX: an orphan is adopted (by init or a subreaper), so its parent pid changes.
     while os.getppid() == parent:
         time.sleep(WATCH_INTERVAL)
-    _shm.unlink_all()
+    _shm.unlink_all(parent_gone=True)
     os._exit(1)
 
 
@@ -109,8 +109,10 @@ def _let_go_in_child() -> None:
             pass
 
 
-def _open_status(status: int | str) -> mmap.mmap:
+def _open_status(status: int | str | mmap.mmap) -> mmap.mmap:
     """Map the status page: a descriptor (closed here) or a name (unlinked once mapped: only we open it)."""
+    if isinstance(status, mmap.mmap):
+        return status
     if isinstance(status, int):
         page = mmap.mmap(status, STATUS_SIZE)
         os.close(status)
@@ -121,15 +123,19 @@ def _open_status(status: int | str) -> mmap.mmap:
     return page
 
 
-def run_in_child(sock_fd: int, status_fd: int | str) -> None:
+_PARENT = [0]  # the parent's pid, for run_in_child's way out
+
+
+def run_in_child(sock_fd: int, status_fd: int | str | mmap.mmap) -> None:
     """Entry point in a freshly forked or spawned worker: map the status page, serve, exit hard."""
+    _PARENT[0] = os.getppid()
     code = 0
     try:
         # A spawned worker gets both through pass_fds, which makes them inheritable: a program that a task
         # starts without closing descriptors (os.system, close_fds=False) would hold the socket, could write
         # frames the parent unpickles, and would hide this worker's death from the parent while it lived.
         os.set_inheritable(sock_fd, False)
-        if isinstance(status_fd, int):
+        if isinstance(status_fd, int) and not isinstance(status_fd, mmap.mmap):
             os.set_inheritable(status_fd, False)
         sock = socket.socket(fileno=sock_fd)
         sock.setblocking(True)
@@ -147,7 +153,7 @@ def run_in_child(sock_fd: int, status_fd: int | str) -> None:
         traceback.print_exc()
     finally:
         # Skip interpreter teardown: atexit handlers and buffers inherited from the parent are not ours to run.
-        _shm.unlink_all()
+        _shm.unlink_all(parent_gone=os.getppid() != _PARENT[0])
         try:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -190,10 +196,12 @@ def connect_main(
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0, inheritable=True)
     os.close(null)
+    # Mapped before connecting: once connected, this worker may be stopped and its name unlinked at any moment.
+    page = _open_status(status)
     # Connected before anything else is imported: the parent waits for this connection to start the next worker.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.connect(address)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.sendall(key)
     _start_fresh(sys_path, preload)
-    run_in_child(sock.detach(), status)
+    run_in_child(sock.detach(), page)

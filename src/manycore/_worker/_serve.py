@@ -146,7 +146,12 @@ def _on_notice(frame: Frame, reader: FrameReader) -> None:
     """A frame that runs nothing: a broadcast to keep or drop, a result segment the parent has done with."""
     if frame.kind == BROADCAST:
         fd = reader.fds.popleft() if _shm.segment_id(frame.body) else None
-        BROADCASTS[frame.broadcast_id] = _shm.unpack(memoryview(frame.body), fd, readonly=True)[0]
+        try:  # noqa: SIM105 (no contextlib: workers import as little as they can)
+            BROADCASTS[frame.broadcast_id] = _shm.unpack(memoryview(frame.body), fd, readonly=True)[0]
+        except FileNotFoundError:
+            # A named segment, released (and unlinked) before this worker read its message: a task that still
+            # uses the handle fails as one of a released broadcast does.
+            pass
     elif frame.kind == RELEASE:
         BROADCASTS.pop(frame.broadcast_id, None)
     else:  # SEGMENT_FREE
