@@ -91,3 +91,21 @@ def test_the_header_check_gets_named_fields_before_the_body_is_read() -> None:
     finally:
         channel.close()
         worker.close()
+
+
+def test_a_names_message_is_refused_where_descriptors_travel_or_when_garbled() -> None:
+    """A worker cannot make the parent open (or later unlink) a name of its choosing: NAMES messages exist only
+    where descriptors cannot be passed, and even there a garbled one is a refused frame, not a crash."""
+    a, b = socket.socketpair()
+    with a, b:
+        reader = ch.FrameReader(b, check=lambda frame, length: None)
+        body = b"\xff\xfe"  # not UTF-8
+        a.sendall(
+            _protocol.HEADER.pack(_protocol.NAMES, 0, 1, 0, len(body))
+            + body
+            + _protocol.HEADER.pack(_protocol.RESULT, 1, 0, 0, 0)
+        )
+        assert reader.read() == []
+        assert isinstance(reader.error, ch.ProtocolError)
+        assert not reader.fds
+        assert ("descriptors travel" in str(reader.error)) == ch.PASS_FDS

@@ -179,3 +179,81 @@ def test_workers_without_pdeathsig_end_when_their_parent_is_killed(platform: str
             alive = [p for p in pids if running(p)]
             time.sleep(0.1)
         assert not alive, f"workers outlived their parent: {alive}"
+
+
+@pytest.mark.parametrize("platform", ["macos-like", "windows-like"])
+def test_results_of_a_worker_that_exits_right_after_sending_them_arrive(platform: str) -> None:
+    """Regression: a worker replaced after each task (maxtasksperchild=1) exits as soon as its result is sent;
+    it unlinked the result's named segment on its way out, before the parent had opened it."""
+    out = report(
+        """
+        import json
+        import manycore
+
+        def zeros(n):
+            return bytes(n)  # 1 MiB: out of band, in a segment the worker lends
+
+        with manycore.Pool(1, maxtasksperchild=1) as pool:
+            sizes = [len(pool.apply_async(zeros, (1 << 20,)).get(timeout=60)) for _ in range(4)]
+        print(json.dumps({"sizes": sizes}))
+        """,
+        platform,
+    )
+    assert out == {"sizes": [1 << 20] * 4}
+
+
+@pytest.mark.parametrize("platform", ["macos-like", "windows-like"])
+def test_a_blocking_apply_does_not_leave_the_supervisor_blind_to_its_worker(platform: str) -> None:
+    """Regression: poll and select wait only on what they were given when the wait began; a worker given back
+    to the supervisor after a blocking apply() was not watched until something else woke it (a hang)."""
+    out = report(
+        """
+        import json
+        import manycore
+
+        with manycore.Pool(1) as pool:
+            for i in range(30):
+                assert pool.apply(abs, (-i,)) == i
+                assert pool.apply_async(abs, (-i,)).get(timeout=10) == i
+        print(json.dumps({"ok": True}))
+        """,
+        platform,
+    )
+    assert out == {"ok": True}
+
+
+def test_a_broadcast_released_before_a_worker_reads_it_does_not_kill_the_worker() -> None:
+    """Regression (named segments): releasing a broadcast unlinks its name, possibly before a busy worker reads
+    the message that names it; that worker must live on (the task that uses the handle fails, saying so)."""
+    out = report(
+        """
+        import json, time
+        import manycore
+
+        def nap(t):
+            time.sleep(t)
+            return 0
+
+        def total(h):
+            return float(sum(h))
+
+        with manycore.Pool(1) as pool:
+            pid = pool.apply(__import__("os").getpid)
+            handle = pool.broadcast(bytes(1 << 20))
+            pool.apply_async(nap, (0.5,))
+            late = pool.apply_async(total, (handle,))
+            time.sleep(0.1)
+            handle.release()
+            try:
+                late.get(timeout=30)
+                outcome = "ran"
+            except Exception as exc:
+                outcome = type(exc).__name__
+            same_worker = pool.apply(__import__("os").getpid) == pid
+        print(json.dumps({"outcome": outcome, "same_worker": same_worker}))
+        """,
+        "windows-like",
+    )
+    assert out["same_worker"] is True
+    # It ran (the worker had mapped it), or the handle was refused when its task was sent after the release.
+    assert out["outcome"] == "ran" or str(out["outcome"]).startswith("SerializationError"), out

@@ -22,7 +22,7 @@ from .._launch import launching
 from .._protocol import INIT, STATUS_SIZE
 from .._waiting import Latch
 from ..errors import InitializerError, PoolClosedError
-from ._poller import READ, WRITE
+from ._poller import READ, WRITE, wake_close
 from ._state import ProcessState
 from ._workers import Worker, _dying, _hurry_exit, _token_pipe, _wait_for_eof
 
@@ -83,7 +83,7 @@ class WorkerLifecycle(ProcessState):
         self._launcher.forget()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
-                os.close(fd)
+                wake_close(fd)
         self._wake_r = self._wake_w = -1
         with contextlib.suppress(OSError):
             self._selector.close()
@@ -249,7 +249,7 @@ class WorkerLifecycle(ProcessState):
             wake = (self._wake_r, self._wake_w)
             self._wake_r = self._wake_w = -1
             for fd in wake:
-                os.close(fd)
+                wake_close(fd)
         _live.discard(self)
         self._stopped.set()
 

@@ -7,8 +7,11 @@ Also ``wait_readable``, the one-descriptor wait of the threads that read a worke
 
 from __future__ import annotations
 
+import contextlib
+import os
 import select
 import selectors
+import socket
 from typing import Any
 
 from .. import _platform
@@ -126,3 +129,52 @@ class OneDescriptor:
             return bool(mask & ~select.POLLOUT), bool(mask & select.POLLOUT)
         r, w, x = select.select([self._fd], [self._fd] if writable else [], [self._fd], max(0.0, timeout))
         return bool(r or x), bool(w)
+
+
+# The supervisor's wake-up channel: a pipe, or where select() is all there is (Windows, whose select takes
+# sockets only) a socket pair. Either way two descriptor numbers, read and written through these helpers.
+WAKE_SOCKETS = not _platform.has("poll")
+
+
+def wake_pair() -> tuple[int, int]:
+    if WAKE_SOCKETS:
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        return a.detach(), b.detach()
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    return r, w
+
+
+def wake_drain(fd: int) -> None:
+    if not WAKE_SOCKETS:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            os.read(fd, 4096)
+        return
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.recv(4096)
+    except (BlockingIOError, InterruptedError):
+        pass
+    finally:
+        sock.detach()
+
+
+def wake_poke(fd: int) -> None:
+    if WAKE_SOCKETS:
+        sock = socket.socket(fileno=fd)
+        try:
+            sock.send(b"x")
+        finally:
+            sock.detach()
+    else:
+        os.write(fd, b"x")
+
+
+def wake_close(fd: int) -> None:
+    if WAKE_SOCKETS:
+        socket.socket(fileno=fd).close()
+    else:
+        os.close(fd)

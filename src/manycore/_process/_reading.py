@@ -7,8 +7,6 @@ does not unpickle. Runs in the supervisor thread, or in a caller that a worker i
 
 from __future__ import annotations
 
-import contextlib
-import os
 from concurrent.futures.process import BrokenProcessPool
 
 from .. import _channel as ch
@@ -19,7 +17,7 @@ from .._recovery import lost_chunk
 from .._serialize import loads, unloadable_error, unpack_exception
 from ..errors import InitializerError, SerializationError
 from ._payload import decode
-from ._poller import READ, WRITE
+from ._poller import READ, WRITE, wake_drain
 from ._state import ProcessState
 from ._workers import Worker
 
@@ -33,8 +31,7 @@ class Reading(ProcessState):
         results: list[tuple[Worker, ch.Frame]] = []
         for data, readable, writable in self._selector.poll(timeout):
             if data is None:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._wake_r, 4096)
+                wake_drain(self._wake_r)
             elif data is self._launcher:
                 self._on_control()
             else:

@@ -55,7 +55,7 @@ from ._assign import DEPTH, Assigner, Assignment
 from ._deadlines import overdue
 from ._lifecycle import WorkerLifecycle, _live
 from ._payload import MappedResults
-from ._poller import READ, make_poller
+from ._poller import READ, make_poller, wake_pair, wake_poke
 from ._reading import Reading
 from ._sending import LENT_POLL_S, Sending
 from ._workers import Worker
@@ -145,9 +145,7 @@ class Scheduler(Reading, Sending, WorkerLifecycle):
 
     def _init_polling(self) -> None:
         self._wake_lock = threading.Lock()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wake_r, self._wake_w = wake_pair()
         self._selector = make_poller()
         self._selector.register(self._wake_r, READ, None)
         self._control_fd = self._launcher.control_fd
@@ -236,7 +234,7 @@ class Scheduler(Reading, Sending, WorkerLifecycle):
         with self._wake_lock:
             if self._wake_w >= 0:
                 with contextlib.suppress(BlockingIOError, OSError):
-                    os.write(self._wake_w, b"x")
+                    wake_poke(self._wake_w)
 
     # ---- the supervisor thread ---------------------------------------------------------------------------
 
