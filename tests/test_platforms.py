@@ -107,11 +107,14 @@ def test_initargs_that_need_descriptors_are_refused_where_none_can_be_passed() -
 
 def test_a_stranger_connecting_to_the_listener_is_refused_and_the_pool_works_on() -> None:
     """Without descriptor passing, workers connect back over loopback: a local process that connects without the
-    one-time key is closed unread, never taken for a worker, and the pool's results are still right."""
+    one-time key is closed unread, never taken for a worker, and the pool's results are still right. Silent
+    connections are refused after KEY_WAIT each, all at once: they hold no worker's start back one by one
+    (before, three of them made three worker starts take 15 s)."""
     out = report(
         """
-        import json, os, socket
+        import json, os, socket, time
         import manycore
+        from manycore._launch import KEY_WAIT
 
         def pid(_):
             return os.getpid()
@@ -122,13 +125,20 @@ def test_a_stranger_connecting_to_the_listener_is_refused_and_the_pool_works_on(
             stranger = socket.create_connection((host, port))
             stranger.sendall(os.urandom(32))  # a wrong key
             stranger.settimeout(30)
+            silent = [socket.create_connection((host, port)) for _ in range(3)]  # no key at all
+            started = time.monotonic()
             results = pool.map(abs, range(-20, 0), chunksize=1)  # each task starts a new worker
+            elapsed = time.monotonic() - started
             closed = stranger.recv(1) == b""
-        print(json.dumps({"results": results, "closed": closed}))
+            for s in silent:
+                s.settimeout(30)
+                closed = closed and s.recv(1) == b""
+                s.close()
+        print(json.dumps({"results": results, "closed": closed, "quick": elapsed < 2 * KEY_WAIT}))
         """,
         "windows-like",
     )
-    assert out == {"results": list(range(20, 0, -1)), "closed": True}
+    assert out == {"results": list(range(20, 0, -1)), "closed": True, "quick": True}
 
 
 def running(pid: int) -> bool:

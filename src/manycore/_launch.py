@@ -38,6 +38,7 @@ CONNECT_TIMEOUT = (
     60.0  # seconds a spawned worker has to connect back (a cold interpreter on a loaded machine)
 )
 KEY_SIZE = 32
+KEY_WAIT = 5.0  # seconds a connection to the connect-back listener has to present its key
 
 
 def available_start_methods() -> list[str]:
@@ -215,7 +216,10 @@ class SpawnLauncher(Launcher):
     def _code(self, entry: str, args: str) -> str:
         # sys.path is set before any import: ``python -c`` puts the current directory first on it, and a
         # struct.py or json.py there would otherwise run in the worker (see ``_clean_path``).
+        # Ctrl-C is the parent's to handle from the first statement: a terminal sends SIGINT to the whole
+        # process group, and a worker still starting would print a KeyboardInterrupt traceback.
         return (
+            "import _signal; _signal.signal(_signal.SIGINT, _signal.SIG_IGN); "
             f"{_clean_path(sys.path)}from manycore._worker._entry import {entry}; "
             f"{entry}({args}, sys.path[:], {self._preload!r})"
         )
@@ -264,34 +268,57 @@ class SpawnLauncher(Launcher):
         return conn, proc.pid
 
     def _accept(self, key: bytes, proc: subprocess.Popen[bytes]) -> socket.socket | None:
+        """The connection that presents ``key``; None if the worker exits or the deadline passes first.
+
+        Every connection waiting is read at once (select), each given ``KEY_WAIT`` to present a key: a local
+        process that connects and sends nothing delays no worker's start beyond that, however many it opens.
+        """
         import hmac
+        import select
         import time
 
         assert self._listener is not None
+        listener = self._listener
+        listener.setblocking(False)
         deadline = time.monotonic() + CONNECT_TIMEOUT
-        self._listener.settimeout(0.05)
-        while time.monotonic() < deadline:
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                if proc.poll() is not None:
-                    return None
-                continue
-            conn.settimeout(5.0)
-            got = b""
-            try:
-                while len(got) < KEY_SIZE:
-                    part = conn.recv(KEY_SIZE - len(got))
-                    if not part:
-                        break
+        pending: dict[socket.socket, tuple[float, bytes]] = {}  # connection -> (when accepted, key so far)
+        try:
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([listener, *pending], [], [], 0.05)
+                now = time.monotonic()
+                for conn in ready:
+                    if conn is listener:
+                        with contextlib.suppress(BlockingIOError, InterruptedError, ConnectionAbortedError):
+                            new, _ = listener.accept()
+                            new.setblocking(False)
+                            pending[new] = (now, b"")
+                        continue
+                    since, got = pending[conn]
+                    try:
+                        part = conn.recv(KEY_SIZE - len(got))
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:
+                        part = b""
                     got += part
-            except OSError:
-                pass
-            if hmac.compare_digest(got, key):
-                conn.settimeout(None)
-                return conn
-            conn.close()  # not our worker (or a worker that gave up): refused unread
-        return None
+                    if part and len(got) < KEY_SIZE:
+                        pending[conn] = (since, got)
+                        continue
+                    del pending[conn]
+                    if len(got) == KEY_SIZE and hmac.compare_digest(got, key):
+                        conn.setblocking(True)
+                        return conn
+                    conn.close()  # not our worker (or a worker that gave up): refused
+                for conn, (since, _) in list(pending.items()):
+                    if now - since > KEY_WAIT:
+                        del pending[conn]
+                        conn.close()
+                if not ready and proc.poll() is not None:
+                    return None
+            return None
+        finally:
+            for conn in pending:
+                conn.close()
 
     def close(self) -> None:
         if self._listener is not None:

@@ -117,6 +117,7 @@ def _shm_unlink(name: str) -> None:
     import _posixshmem  # type: ignore[import-not-found,unused-ignore]
 
     _NAMED.discard(name)
+    _GIVEN.discard(name)
     try:  # noqa: SIM105 (no contextlib: workers import as little as they can)
         _posixshmem.shm_unlink(name)
     except FileNotFoundError:
