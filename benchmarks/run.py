@@ -168,8 +168,11 @@ def probe_main() -> None:
             module = importlib.import_module(module_name) if module_name else None
             if library == "manycore" and not callable(getattr(module, "Pool", None)):
                 raise ImportError(f"manycore has no Pool (imported from {getattr(module, '__path__', '?')})")
-            if library in DISTRIBUTIONS:
-                entry["version"] = getattr(module, "__version__", None) or _version(DISTRIBUTIONS[library])
+            distribution = DISTRIBUTIONS.get(library) or (
+                "manycore" if library.startswith("manycore") else None
+            )
+            if distribution is not None:  # the manycore variants are manycore, not the standard library
+                entry["version"] = getattr(module, "__version__", None) or _version(distribution)
                 entry["detail"] = getattr(module, "__file__", None) or ""
             else:
                 entry["version"] = f"stdlib (Python {platform.python_version()})"

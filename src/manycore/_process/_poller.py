@@ -8,10 +8,12 @@ Also ``wait_readable``, the one-descriptor wait of the threads that read a worke
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import select
 import selectors
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from .. import _platform
@@ -113,6 +115,17 @@ class OneDescriptor:
         self._fd = fd
         self._poll = select.poll() if _platform.has("poll") else None
         self._events = 0
+        if self._poll is not None:
+            self._poll.register(fd, select.POLLIN)
+            self._events = select.POLLIN
+            #: ``peek()`` is true once the descriptor is readable (or hung up). Called in a tight loop while a
+            #: caller spins for its answer (W5), so where poll exists it is poll's own bound method.
+            self.peek: Callable[[], object] = functools.partial(self._poll.poll, 0)
+        else:
+            self.peek = functools.partial(self._readable_now)
+
+    def _readable_now(self) -> bool:
+        return self.wait(0)[0]
 
     def wait(self, timeout: float, writable: bool = False) -> tuple[bool, bool]:
         """Up to ``timeout`` seconds: (readable or hung up, writable)."""

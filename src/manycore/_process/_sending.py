@@ -201,7 +201,8 @@ class Sending(ProcessState):
         """Read the lent worker's answer into ``results``; False if it died (EOF) or broke the protocol."""
         waiter = OneDescriptor(w.channel.fileno())
         poll_until = time.perf_counter() + self.lent_poll_s
-        while not w.channel.pending and not waiter.wait(0)[0]:
+        peek = waiter.peek
+        while not w.channel.pending and not peek():
             if time.perf_counter() > poll_until:
                 break
         while not results and not job.closed and not self._terminated():
