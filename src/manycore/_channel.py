@@ -49,7 +49,7 @@ MAX_FDS = 16  # file descriptors one recvmsg can take (shared-memory segments tr
 # NAMES frame ahead of the frame that uses them, and plain send/recv_into move the bytes (Windows has no
 # sendmsg).
 PASS_FDS = _platform.has("fd_passing")
-NAME_START = ("/mc", "mc")  # every segment name manycore makes (see _shm._new_name)
+NAME_START = ("/mc", "mc")  # every segment name manycore makes (see _segment._new_name)
 
 
 class ProtocolError(Exception):
@@ -246,9 +246,8 @@ class FrameReader:
         # Descriptors (or, where they cannot be passed, segment names) that came with frames, in order.
         self.fds: deque[int | str] = deque()
         self._names: list[str] = []  # from a NAMES frame, handed out with the frame after it
-        self.names_seen: set[str] = (
-            set()
-        )  # every segment name received (the parent unlinks them, see _lifecycle)
+        # Every segment name received (the parent unlinks a worker's once it is gone, see _process._lifecycle).
+        self.names_seen: set[str] = set()
 
     def _recv_into(self, view: memoryview) -> int:
         if not PASS_FDS:

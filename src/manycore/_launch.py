@@ -34,9 +34,8 @@ START_METHODS = ("forkserver", "fork", "spawn")
 # (PR_SET_PDEATHSIG), from requests on a SOCK_SEQPACKET socket that carry their descriptors.
 _NEEDS = {"forkserver": ("fork", "fd_passing", "seqpacket", "pdeathsig"), "fork": ("fork",), "spawn": ()}
 SOCKET_BUFFER = 4 << 20
-CONNECT_TIMEOUT = (
-    60.0  # seconds a spawned worker has to connect back (a cold interpreter on a loaded machine)
-)
+# Seconds a spawned worker has to connect back (a cold interpreter on a loaded machine).
+CONNECT_TIMEOUT = 60.0
 KEY_SIZE = 32
 KEY_WAIT = 5.0  # seconds a connection to the connect-back listener has to present its key
 

@@ -49,6 +49,8 @@ def _new_prefix_in_child() -> None:
     # parent holds are not the child's to unlink.
     _PREFIX[0] = f"mc{os.getpid():x}{os.urandom(4).hex()}"
     _NAMED.clear()
+    _GIVEN.clear()
+    RECEIVED.clear()
 
 
 if hasattr(os, "register_at_fork"):

@@ -129,24 +129,15 @@ class WorkerLifecycle(ProcessState):
             # the parent's part.
             page, status_name = status.detach()
         w = Worker(wid, ch.ParentChannel(mine), page, pid, tokens)
-        if status_name is not None:
-            w.channel.names.add(
-                status_name
-            )  # unlinked with the worker's own once it is gone (if it never did)
+        if status_name is not None:  # unlinked with the worker's own once it is gone (if it never did)
+            w.channel.names.add(status_name)
         fds = self._init_fds
         nfds = len(fds) - (self._tracker is not None)
         head = _initdata.header(self.start_method, nfds, self._tracker)
         # The init data's descriptors first (the worker takes as many as the header counts), then the read end
         # of the worker's token pipe.
-        w.channel.send(
-            INIT,
-            0,
-            len(head),
-            0,
-            head,
-            self._init_blob,
-            fds=(*fds, *tokens[:1]) if tokens[0] >= 0 else tuple(fds),
-        )
+        init_fds = (*fds, tokens[0]) if tokens[0] >= 0 else tuple(fds)
+        w.channel.send(INIT, 0, len(head), 0, head, self._init_blob, fds=init_fds)
         self._workers[wid] = w
         self._selector.register(w.channel.fileno(), READ | WRITE, w)
 

@@ -135,12 +135,12 @@ def run_in_child(sock_fd: int, status_fd: int | str | mmap.mmap) -> None:
         # starts without closing descriptors (os.system, close_fds=False) would hold the socket, could write
         # frames the parent unpickles, and would hide this worker's death from the parent while it lived.
         os.set_inheritable(sock_fd, False)
-        if isinstance(status_fd, int) and not isinstance(status_fd, mmap.mmap):
+        if isinstance(status_fd, int):
             os.set_inheritable(status_fd, False)
         sock = socket.socket(fileno=sock_fd)
         sock.setblocking(True)
         _OWN[:] = [sock]
-        if not _OWN_HOOK:
+        if not _OWN_HOOK and hasattr(os, "register_at_fork"):  # no fork, no hook (Windows)
             # Registered once per process: a worker forked from a worker (a nested fork pool) inherits it.
             _OWN_HOOK.append(True)
             os.register_at_fork(after_in_child=_let_go_in_child)
