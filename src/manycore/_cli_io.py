@@ -237,7 +237,7 @@ class Encoded:
     def __call__(self, item: Any) -> str:
         value = self.__wrapped__(item)
         try:
-            return _ENCODER.encode(value)
+            return encode(value)
         except (TypeError, ValueError) as exc:
             raise TypeError(
                 f"the result (a {type(value).__name__}) cannot be written as JSON: {exc}"

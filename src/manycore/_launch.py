@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import _mpstate, _platform
+from ._protocol import KEY_SIZE
 from ._zygote import MESSAGE
 
 START_METHODS = ("forkserver", "fork", "spawn")
@@ -36,7 +37,6 @@ _NEEDS = {"forkserver": ("fork", "fd_passing", "seqpacket", "pdeathsig"), "fork"
 SOCKET_BUFFER = 4 << 20
 # Seconds a spawned worker has to connect back (a cold interpreter on a loaded machine).
 CONNECT_TIMEOUT = 60.0
-KEY_SIZE = 32
 KEY_WAIT = 5.0  # seconds a connection to the connect-back listener has to present its key
 
 

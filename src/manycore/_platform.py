@@ -49,10 +49,9 @@ SIMULATED: dict[str, frozenset[str]] = {
             "pdeathsig",
             "proc",
             "sched",
-            "preadv",
         }
     ),
-    "macos-like": frozenset({"epoll", "memfd", "seqpacket", "pdeathsig", "proc", "sched", "preadv"}),
+    "macos-like": frozenset({"epoll", "memfd", "seqpacket", "pdeathsig", "proc", "sched"}),
 }
 
 
@@ -92,8 +91,6 @@ def _real(feature: str) -> bool:
         return os.path.isdir("/proc/self/task")
     if feature == "sched":
         return all(hasattr(os, name) for name in ("sched_setscheduler", "sched_getaffinity", "SCHED_IDLE"))
-    if feature == "preadv":
-        return hasattr(os, "preadv")
     if feature == "shm_open":
         try:
             import _posixshmem  # type: ignore[import-not-found,unused-ignore]  # noqa: F401 (POSIX only)

@@ -63,6 +63,10 @@ SKIPPED = 14  # a queued chunk the parent took back (its token was gone): not ru
 NAMES = 20
 MAX_NAMES_BODY = 4096
 
+# Where descriptors cannot be passed, a spawned worker connects back to the parent over loopback and first sends
+# the one-time key of this many bytes that it read from its stdin (``_launch.SpawnLauncher._connect_back``).
+KEY_SIZE = 32
+
 # Task frames' flags: b = fn_len << FN_SHIFT | k << BLOCK_SHIFT | TOKEN | OUT_OF_BAND | TRACK_ITEMS.
 # TRACK_ITEMS: the job has a task_timeout, so the status page gets each item's start time too.
 # OUT_OF_BAND: large buffers travel in the memfd that comes with the frame.

@@ -111,8 +111,9 @@ def unlink_names(names: Iterable[str]) -> None:
 
 
 def unlink_name(name: str) -> None:
-    """Unlink one POSIX named segment (a worker's status page, once mapped)."""
-    _shm_unlink(name)
+    """Unlink one named segment (a worker's status page, once mapped); Windows has nothing to unlink."""
+    if POSIX_SHM:
+        _shm_unlink(name)
 
 
 def _shm_unlink(name: str) -> None:
@@ -164,18 +165,13 @@ class Segment:
             os.ftruncate(self.fd, self.size)
             self.map = mmap.mmap(self.fd, self.size, **_UNTRACKED)
         except BaseException as exc:
-            fd, self.fd = (
-                self.fd,
-                -1,
-            )  # or __del__ would close the number again, by then perhaps someone else's
-            os.close(fd)
+            self._close_fd()
             self._unlink()
             if isinstance(exc, OSError):
                 raise limit_error(exc, "a shared-memory segment") from exc
             raise
         if self.name is not None:
-            fd, self.fd = self.fd, -1  # named: the mapping and the name are enough
-            os.close(fd)
+            self._close_fd()  # named: the mapping and the name are enough
 
     @property
     def handle(self) -> int | str:
@@ -185,6 +181,14 @@ class Segment:
     @property
     def open(self) -> bool:
         return self.fd >= 0 or self.name is not None
+
+    def _close_fd(self) -> None:
+        if self.fd >= 0:
+            # The number is forgotten before it is closed: a child forked meanwhile by another thread must not
+            # find it still recorded here once it may name another file (see _process._lifecycle._forked_away),
+            # nor __del__ close it again.
+            fd, self.fd = self.fd, -1
+            os.close(fd)
 
     def _unlink(self) -> None:
         name, self.name = self.name, None
@@ -202,29 +206,21 @@ class Segment:
 
     def forget_handle(self) -> None:
         """Close the descriptor (or unlink the name) and keep the mapping."""
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)
+        self._close_fd()
         self._unlink()
 
     def detach(self) -> tuple[mmap.mmap, str | None]:
         """The mapping, for good, and the name if any: the descriptor is closed, and the name left to the one
         process that opens it (a worker's status page: the worker unlinks it once mapped; the parent, once the
         worker is gone, in case it never did)."""
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)
+        self._close_fd()
         name, self.name = self.name, None
         if name is not None:
             _NAMED.discard(name)
         return self.map, name
 
     def close(self) -> None:
-        if self.fd >= 0:
-            # The number is forgotten before it is closed: a child forked meanwhile by another thread must not
-            # find it still recorded here once it may name another file (see _process._lifecycle._forked_away).
-            fd, self.fd = self.fd, -1
-            os.close(fd)
+        self._close_fd()
         self._unlink()
         try:  # noqa: SIM105 (no contextlib: workers import as little as they can)
             self.map.close()
@@ -234,26 +230,27 @@ class Segment:
 
 def open_handle(handle: int | str, size: int, readonly: bool = False) -> mmap.mmap:
     """Map a segment that arrived with a frame: a descriptor (closed by the caller) or a name."""
-    if isinstance(handle, int):
-        if readonly:
-            return mmap.mmap(handle, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, **_UNTRACKED)
-        return mmap.mmap(handle, size, **_UNTRACKED)
-    if not POSIX_SHM:
+    if isinstance(handle, str) and not POSIX_SHM:
         # A tagname mapping is created when none exists: make sure it does, or a segment whose owner is gone
         # would read as zeros instead of failing (as multiprocessing.shared_memory checks on Windows).
         winapi: Any = __import__("_winapi")
         winapi.CloseHandle(winapi.OpenFileMapping(winapi.FILE_MAP_READ, False, handle))
         access = mmap.ACCESS_READ if readonly else mmap.ACCESS_WRITE
         return mmap.mmap(-1, size, tagname=handle, access=access)  # type: ignore[call-arg,unused-ignore]
-    import _posixshmem  # type: ignore[import-not-found,unused-ignore]
+    named = isinstance(handle, str)
+    if named:
+        import _posixshmem  # type: ignore[import-not-found,unused-ignore]
 
-    fd = _posixshmem.shm_open(handle, os.O_RDONLY if readonly else os.O_RDWR, mode=0o600)
+        fd = int(_posixshmem.shm_open(handle, os.O_RDONLY if readonly else os.O_RDWR, mode=0o600))
+    else:
+        fd = int(handle)
     try:
         if readonly:
             return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, **_UNTRACKED)
         return mmap.mmap(fd, size, **_UNTRACKED)
     finally:
-        os.close(fd)
+        if named:
+            os.close(fd)
 
 
 def close_handle(handle: int | str | None) -> None:

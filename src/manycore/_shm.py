@@ -4,9 +4,10 @@ Pickle protocol 5 lets an object hand its large buffers "out of band". Those abo
 into a shared-memory segment, and the receiver rebuilds the object on top of the segment itself, with no copy
 (numpy arrays) or one (``bytes``, which must own its memory). Small buffers stay in the pickle.
 
-Segments are memfds: shared memory with no name. The kernel frees one when its last file descriptor and its
-last mapping are gone, so no segment can outlive its users, not even after a crash, Ctrl-C or a SIGKILL of
-the parent: there is nothing in ``/dev/shm`` to leak. A segment's fd travels with the frame that uses it.
+Segments (``_segment``) are memfds on Linux: shared memory with no name. The kernel frees one when its last file
+descriptor and its last mapping are gone, so no segment can outlive its users, not even after a crash, Ctrl-C or
+a SIGKILL of the parent: there is nothing in ``/dev/shm`` to leak. A segment's fd travels with the frame that
+uses it (its name, where descriptors cannot be passed: see ``_segment`` and docs/platforms.md).
 
 - Inputs (parent -> worker): the parent reuses segments from a small pool, because writing into memory that is
   already mapped is an order of magnitude faster than into fresh pages. The worker maps the segment for the

@@ -42,7 +42,7 @@ class Assigner:
     def give(self, w: Worker, chunk: Chunk) -> Assignment:
         """Record a chunk as the worker's; the one place a chunk gets an id and a worker its count."""
         chunk.cid = next(self.cids)
-        if w.inflight and w.tokens[0] >= 0:  # without a token pipe (see _lifecycle), nothing is taken back
+        if w.inflight:  # never with depth 1: no chunk waits behind another
             w.behind.add(chunk.cid)
         w.inflight[chunk.cid] = chunk
         w.assigned += 1

@@ -2,7 +2,8 @@
 
 Its one reason to change is how the supervisor waits for descriptors: ``select.epoll`` where the platform has it
 (Linux), else the ``selectors`` module's best (kqueue on macOS and the BSDs, poll, select on Windows sockets).
-Also ``wait_readable``, the one-descriptor wait of the threads that read a worker's socket themselves.
+Also ``OneDescriptor``, the one-descriptor wait of the threads that read a worker's socket themselves, and the
+supervisor's wake-up channel.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Any
 
 from .. import _platform
 
-READ = 1  # selectors.EVENT_READ, and what the epoll poller maps to EPOLLIN
-WRITE = 2  # selectors.EVENT_WRITE / EPOLLOUT
+# epoll's own values (the hot path passes them straight through); PortablePoller translates them.
+READ = getattr(select, "EPOLLIN", 1)
+WRITE = getattr(select, "EPOLLOUT", 4)
 
 
 class Poller:
@@ -33,22 +35,17 @@ class Poller:
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
-        self._EVENTS = {
-            READ: select.EPOLLIN,
-            WRITE: select.EPOLLOUT,
-            READ | WRITE: select.EPOLLIN | select.EPOLLOUT,
-        }
         self._data: dict[int, tuple[Any, int]] = {}
         self._readable = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
         self._writable = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
 
     def register(self, fd: int, events: int, data: Any) -> None:
-        self._epoll.register(fd, self._EVENTS[events])
+        self._epoll.register(fd, events)
         self._data[fd] = (data, events)
 
     def modify(self, fd: int, events: int, data: Any) -> None:
         if self._data[fd][1] != events:
-            self._epoll.modify(fd, self._EVENTS[events])
+            self._epoll.modify(fd, events)
             self._data[fd] = (data, events)
 
     def unregister(self, fd: int) -> None:
@@ -83,11 +80,12 @@ class PortablePoller:
             self._selector = selectors.SelectSelector()
 
     def register(self, fd: int, events: int, data: Any) -> None:
-        self._selector.register(fd, events, data)
+        self._selector.register(fd, _selector_events(events), data)
 
     def modify(self, fd: int, events: int, data: Any) -> None:
-        if self._selector.get_key(fd).events != events:
-            self._selector.modify(fd, events, data)
+        wanted = _selector_events(events)
+        if self._selector.get_key(fd).events != wanted:
+            self._selector.modify(fd, wanted, data)
 
     def unregister(self, fd: int) -> None:
         self._selector.unregister(fd)
@@ -95,10 +93,17 @@ class PortablePoller:
     def poll(self, timeout: float | None) -> list[tuple[Any, bool, bool]]:
         # A descriptor in error or hung up is reported readable (select, poll and kqueue all do): reading it
         # gives the EOF or the error that the caller acts on.
-        return [(key.data, bool(ev & READ), bool(ev & WRITE)) for key, ev in self._selector.select(timeout)]
+        return [
+            (key.data, bool(ev & selectors.EVENT_READ), bool(ev & selectors.EVENT_WRITE))
+            for key, ev in self._selector.select(timeout)
+        ]
 
     def close(self) -> None:
         self._selector.close()
+
+
+def _selector_events(events: int) -> int:
+    return (selectors.EVENT_READ if events & READ else 0) | (selectors.EVENT_WRITE if events & WRITE else 0)
 
 
 def make_poller() -> Poller | PortablePoller:
@@ -114,15 +119,13 @@ class OneDescriptor:
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._poll = select.poll() if _platform.has("poll") else None
-        self._events = 0
+        #: ``peek()`` is true once the descriptor is readable (or hung up). Called in a tight loop while a
+        #: caller spins for its answer (W5), so where poll exists it is poll's own method, bound to timeout 0.
+        self.peek: Callable[[], object] = self._readable_now
         if self._poll is not None:
-            self._poll.register(fd, select.POLLIN)
             self._events = select.POLLIN
-            #: ``peek()`` is true once the descriptor is readable (or hung up). Called in a tight loop while a
-            #: caller spins for its answer (W5), so where poll exists it is poll's own bound method.
-            self.peek: Callable[[], object] = functools.partial(self._poll.poll, 0)
-        else:
-            self.peek = functools.partial(self._readable_now)
+            self._poll.register(fd, self._events)
+            self.peek = functools.partial(self._poll.poll, 0)
 
     def _readable_now(self) -> bool:
         return self.wait(0)[0]
@@ -132,10 +135,7 @@ class OneDescriptor:
         if self._poll is not None:
             events = select.POLLIN | (select.POLLOUT if writable else 0)
             if events != self._events:
-                if self._events:
-                    self._poll.modify(self._fd, events)
-                else:
-                    self._poll.register(self._fd, events)
+                self._poll.modify(self._fd, events)
                 self._events = events
             ready = self._poll.poll(max(0, int(timeout * 1000)))
             mask = ready[0][1] if ready else 0

@@ -13,7 +13,7 @@ import os
 import sys
 
 from .. import _platform, _shm
-from .._protocol import STATUS_SIZE
+from .._protocol import KEY_SIZE, STATUS_SIZE
 from ._serve import serve
 
 TYPE_CHECKING = False  # see manycore/__init__.py: workers avoid importing typing
@@ -118,8 +118,7 @@ def _open_status(status: int | str | mmap.mmap) -> mmap.mmap:
         os.close(status)
         return page
     page = _shm.open_handle(status, STATUS_SIZE)
-    if _platform.has("shm_open"):
-        _shm.unlink_name(status)
+    _shm.unlink_name(status)
     return page
 
 
@@ -188,8 +187,8 @@ def connect_main(
     The one-time key comes on stdin, which is then the null device, as a spawned multiprocessing worker's.
     """
     key = b""
-    while len(key) < 32:
-        part = os.read(0, 32 - len(key))
+    while len(key) < KEY_SIZE:
+        part = os.read(0, KEY_SIZE - len(key))
         if not part:
             os._exit(1)  # the parent is gone, or this is not its worker
         key += part
